@@ -1,0 +1,238 @@
+"""Write and read compressed checkpoints (safetensors + ``config.json``), atomically.
+
+Output is written to a hidden temporary folder beside the target and renamed at the end, so an
+interrupted run never leaves a half-written checkpoint and the input folder is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import QUANT_METHOD, CompressionConfig
+from .errors import CheckpointError, EmbcompressError
+from .sources import WEIGHT_SUFFIXES, check_safetensors, model_class
+from .surgery import build_modules
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+SUMMARY_NAME = "embcompress.json"
+_SKIP_COPY = {"config.json", "README.md", ".gitattributes", SUMMARY_NAME, "model.safetensors.index.json"}
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite`` and an unwritable parent, before any work."""
+    if out.exists() and not overwrite:
+        raise EmbcompressError(f"output '{out}' already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise EmbcompressError(f"output '{out}' exists and is not a folder")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``out`` only if the block succeeds."""
+    check_output_dir(out, overwrite)
+    tmp = out.resolve().parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            trash = out.resolve().parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without tied duplicates (re-tied on load) and with no shared storage left."""
+    tied_targets = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, tensor in model.state_dict().items():
+        if key in tied_targets:
+            continue
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        tensor = tensor.detach().contiguous()
+        if ident in seen:
+            tensor = tensor.clone()
+        seen.add(ident)
+        tensors[key] = tensor.cpu()
+    return tensors
+
+
+def copy_aux_files(source_dir: Path | None, dest: Path) -> None:
+    """Copy tokenizer and other non-weight files (sentence-transformers layout included)."""
+    if source_dir is None or not source_dir.is_dir():
+        return
+    for item in source_dir.iterdir():
+        if item.name in _SKIP_COPY or item.name.startswith(".") or item.suffix in WEIGHT_SUFFIXES:
+            continue
+        if item.is_dir():
+            if not any(p.suffix in WEIGHT_SUFFIXES for p in item.rglob("*")):
+                shutil.copytree(item, dest / item.name)
+        else:
+            shutil.copy2(item, dest / item.name)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+
+
+def save_model_files(
+    model: nn.Module, folder: Path, source_dir: Path | None = None, tokenizer: Any | None = None
+) -> None:
+    """Write weights, config, generation config and auxiliary files of ``model`` into ``folder``."""
+    copy_aux_files(source_dir, folder)
+    save_file(state_dict_to_save(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(str(folder))
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(str(folder))
+    if tokenizer is not None and not _has_tokenizer(folder):
+        tokenizer.save_pretrained(str(folder))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON with sorted keys and the package version."""
+    payload = {"embcompress_version": __version__, **data}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_compression_config(folder: Path) -> CompressionConfig:
+    """The :class:`CompressionConfig` of a compressed checkpoint folder."""
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"no config.json in '{folder}': not a model folder")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"config.json in '{folder}' is not valid JSON: {exc}") from None
+    section = raw.get("quantization_config") or {}
+    if section.get("quant_method") != QUANT_METHOD:
+        raise CheckpointError(
+            f"'{folder}' is not an embcompress checkpoint (config.json has no quantization_config "
+            f"with quant_method '{QUANT_METHOD}')"
+        )
+    return CompressionConfig.from_dict(section)
+
+
+def expected_factor_keys(config: CompressionConfig) -> set[str]:
+    """The tensor names the weights file must hold for the factorized modules."""
+    modules = build_modules(config, torch.float32, device="meta")
+    keys: set[str] = set()
+    for spec in config.modules:
+        if not spec.owns_factors:
+            continue
+        prefix = spec.path if spec.role == "input" else f"{spec.path}.source"
+        source = modules[spec.path] if spec.role == "input" else modules[spec.path].source
+        keys.update(f"{prefix}.{name}" for name, _ in source.named_parameters())
+    return keys
+
+
+def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
+    """Raise if any factor tensor is missing or an unexpected one (e.g. a dense weight) is present."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no .safetensors weights in '{folder}'")
+    present = {key for f in files for key in check_safetensors(f)}
+    expected = expected_factor_keys(config)
+    replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
+    missing = sorted(expected - present)
+    unexpected = sorted(
+        k
+        for k in present - expected
+        if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
+    )
+    if missing:
+        raise CheckpointError(f"checkpoint '{folder}' is missing factor tensor(s): {', '.join(missing[:5])}")
+    if unexpected:
+        raise CheckpointError(f"checkpoint '{folder}' has unexpected tensor(s): {', '.join(unexpected[:5])}")
+
+
+def load(
+    folder: str | os.PathLike[str],
+    model_cls: type | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> nn.Module:
+    """Load a compressed checkpoint, refusing missing or unexpected factor tensors.
+
+    Plain ``AutoModel*.from_pretrained`` also works after ``import embcompress``, but it silently
+    re-initialises missing weights; this function checks the files first.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder '{folder}' does not exist")
+    config = read_compression_config(path)
+    verify_checkpoint_keys(path, config)
+    hf_config = transformers.AutoConfig.from_pretrained(str(path))
+    cls = model_cls or model_class(hf_config, is_gguf=False)
+    model, info = cls.from_pretrained(
+        str(path), dtype=dtype or torch.float32, use_safetensors=True, output_loading_info=True, **kwargs
+    )
+    factor_keys = expected_factor_keys(config)
+    bad = sorted(set(info.get("missing_keys", [])) & factor_keys)
+    if bad:
+        raise CheckpointError(f"factor tensor(s) not loaded from '{folder}': {', '.join(bad[:5])}")
+    return model.to(device).eval()
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """Return a copy of a compressed model with the factors multiplied out into dense modules."""
+    from .modules import FactorizedEmbedding, FactorizedLinear
+    from .surgery import swap_module
+
+    dense = copy.deepcopy(model)
+    qc = getattr(dense.config, "quantization_config", None)
+    config = qc.compression if hasattr(qc, "compression") else CompressionConfig.from_dict(qc)
+    built: dict[str, nn.Module] = {}
+    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
+        module = dense.get_submodule(spec.path)
+        if isinstance(module, FactorizedEmbedding):
+            weight = nn.Parameter(module.dense().detach().clone())
+            emb = nn.Embedding(spec.num_embeddings, spec.embedding_dim, padding_idx=spec.padding_idx)
+            emb.weight = weight
+            built[spec.path] = emb
+            for path in (spec.path, *spec.aliases):
+                swap_module(dense, path, emb)
+        elif isinstance(module, FactorizedLinear):
+            head = nn.Linear(spec.embedding_dim, spec.num_embeddings, bias=module.bias is not None)
+            head.weight = (
+                built[spec.tied_to].weight if spec.tied_to else nn.Parameter(module.dense().detach().clone())
+            )
+            if module.bias is not None:
+                head.bias = module.bias
+            swap_module(dense, spec.path, head)
+    del dense.config.quantization_config
+    dense.is_quantized = False
+    for attr in ("hf_quantizer", "quantization_method", "_tied_weights_keys"):
+        dense.__dict__.pop(attr, None)
+    dense.all_tied_weights_keys = dense.get_expanded_tied_weights_keys(all_submodels=True)
+    return dense

@@ -1,0 +1,275 @@
+"""Factorize a model's embeddings in memory: plan (validate), fit, swap, account."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ROLES, CompressionConfig, ModuleSpec
+from .errors import BudgetError, EmbcompressError
+from .hf_integration import EmbcompressQuantizationConfig
+from .methods import FactorizationMethod, FitContext, get_method
+from .modules import FactorizedEmbedding, FactorizedLinear
+from .quant import dtype_from_name
+from .surgery import EmbeddingTargets, find_targets, install_modules
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FactorizeOptions:
+    """What to factorize and how.
+
+    Attributes:
+        method: Registered method name (``embcompress.methods.method_names()``).
+        rank: Rank for every target (overridden per target by ``rank_input`` / ``rank_output``).
+        rank_input: Rank of the input embedding.
+        rank_output: Rank of an untied output head.
+        targets: Which matrices to replace: ``("input", "output")`` or one of them.
+        factor_dtype: Storage dtype of the factors.
+        seed: Seed for any randomness in the fit.
+        method_options: Method-specific options.
+    """
+
+    method: str = "svd"
+    rank: int | None = None
+    rank_input: int | None = None
+    rank_output: int | None = None
+    targets: tuple[str, ...] = ROLES
+    factor_dtype: str = "float32"
+    seed: int = 0
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FactorizeOptions:
+        data = dict(data)
+        if "targets" in data:
+            data["targets"] = tuple(data["targets"])
+        return cls(**data)
+
+    def rank_for(self, role: str) -> int | None:
+        specific = self.rank_input if role == "input" else self.rank_output
+        return specific if specific is not None else self.rank
+
+
+@dataclass
+class ModuleStats:
+    """Size and fidelity of one replaced matrix."""
+
+    path: str
+    role: str
+    shape: tuple[int, int]
+    rank: int
+    tied_to: str | None
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    relative_error: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / max(self.bytes_after, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "shape": list(self.shape), "ratio": self.ratio}
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`factorize_model` did."""
+
+    config: CompressionConfig
+    modules: list[ModuleStats]
+    params_before: int
+    params_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.config.method,
+            "modules": [m.to_dict() for m in self.modules],
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+        }
+
+
+def break_even_rank(rows: int, cols: int, params_per_rank: int) -> int:
+    """Largest rank whose factors hold fewer parameters than the dense matrix."""
+    return max(0, math.ceil(rows * cols / params_per_rank) - 1)
+
+
+def _check_rank(rank: int | None, role: str, rows: int, cols: int, method: FactorizationMethod) -> int:
+    if rank is None:
+        raise BudgetError(f"no rank given for the {role} embedding; pass --rank (or --rank-{role})")
+    limit = min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
+    if rank <= 0 or rank > limit:
+        raise BudgetError(
+            f"rank {rank} for the {role} embedding ({rows}x{cols}) must be between 1 and {limit}: "
+            f"above {limit} the factors do not reduce the parameter count (break-even rank {limit})"
+        )
+    return rank
+
+
+def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tuple[str, ...]:
+    bad = [t for t in targets if t not in ROLES]
+    if bad or not targets:
+        raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
+    if "output" in targets and found.output_module is None and targets == ("output",):
+        raise EmbcompressError("target 'output' requested but the model has no output embedding (LM head)")
+    return tuple(t for t in targets if t == "input" or found.output_module is not None)
+
+
+def plan(model: nn.Module, options: FactorizeOptions) -> tuple[CompressionConfig, EmbeddingTargets]:
+    """Validate ``options`` against ``model`` and return the specs to build; touches nothing."""
+    method = get_method(options.method)
+    method.validate_options(options.method_options)
+    dtype_from_name(options.factor_dtype)
+    found = find_targets(model)
+    targets = _validate_targets(tuple(options.targets), found)
+    rows, cols = found.vocab_size, found.hidden_size
+    specs = []
+    if "input" in targets:
+        rank = _check_rank(options.rank_for("input"), "input", rows, cols, method)
+        specs.append(_spec(found, "input", options, rank, method))
+    if "output" in targets:
+        tied = found.tied and "input" in targets
+        rank = (
+            specs[0].rank if tied else _check_rank(options.rank_for("output"), "output", rows, cols, method)
+        )
+        specs.append(
+            _spec(found, "output", options, rank, method, tied_to=found.input_path if tied else None)
+        )
+    config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)
+    return config, found
+
+
+def _spec(
+    found: EmbeddingTargets,
+    role: str,
+    options: FactorizeOptions,
+    rank: int,
+    method: FactorizationMethod,
+    tied_to: str | None = None,
+) -> ModuleSpec:
+    is_input = role == "input"
+    module = found.input_module if is_input else found.output_module
+    return ModuleSpec(
+        path=found.input_path if is_input else found.output_path,
+        role=role,
+        method=options.method,
+        rank=rank,
+        num_embeddings=found.vocab_size,
+        embedding_dim=found.hidden_size,
+        factor_dtype=options.factor_dtype,
+        tied_to=tied_to,
+        aliases=list(found.input_aliases) if is_input else [],
+        padding_idx=module.padding_idx if is_input else None,
+        bias=(not is_input) and getattr(module, "bias", None) is not None,
+        offset=method.uses_offset,
+        embed_scale=_embed_scale(module) if is_input else None,
+        options=dict(options.method_options),
+    )
+
+
+def _embed_scale(module: nn.Module) -> float | None:
+    scale = getattr(module, "embed_scale", None)
+    if scale is None:
+        return None
+    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+
+
+def fit_module(
+    spec: ModuleSpec,
+    matrix: torch.Tensor,
+    method: FactorizationMethod,
+    ctx: FitContext,
+) -> FactorizedEmbedding:
+    """Fit factors of ``matrix`` and return a new module; ``matrix`` is not modified."""
+    factors = method.fit(matrix.detach(), spec.rank, ctx)
+    return FactorizedEmbedding.from_factors(
+        spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype
+    )
+
+
+def relative_error(original: torch.Tensor, module: FactorizedEmbedding, chunk: int = 8192) -> float:
+    """``||E - E_hat||_F / ||E||_F`` computed in row chunks (no full dense copy)."""
+    codes, basis = module.factor("codes").float(), module.factor("basis").float()
+    offset = module.offset.float() if module.offset is not None else None
+    err = ref = 0.0
+    for start in range(0, original.shape[0], chunk):
+        rows = original[start : start + chunk].float()
+        approx = codes[start : start + chunk] @ basis
+        if offset is not None:
+            approx = approx - offset
+        err += float((rows - approx).pow(2).sum())
+        ref += float(rows.pow(2).sum())
+    return math.sqrt(err / max(ref, 1e-30))
+
+
+def _stored_bytes(module: nn.Module) -> tuple[int, int]:
+    params = list({id(p): p for p in module.parameters()}.values())
+    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
+
+def factorize_model(
+    model: nn.Module,
+    options: FactorizeOptions,
+    row_weights: torch.Tensor | None = None,
+    progress: Any = None,
+) -> CompressionResult:
+    """Replace the embeddings of ``model`` in place with fitted factorized modules.
+
+    Everything is validated before the model is touched. Returns the config to save and per-module
+    size/fidelity statistics.
+    """
+    config, found = plan(model, options)
+    params_before = sum(p.numel() for p in model.parameters())
+    method = get_method(options.method)
+    ctx = FitContext(options.seed, row_weights, dict(options.method_options), progress)
+    modules: dict[str, nn.Module] = {}
+    stats: list[ModuleStats] = []
+    for spec in config.modules:
+        dense = found.input_module if spec.role == "input" else found.output_module
+        weight = dense.weight.detach()
+        if spec.tied_to is not None:
+            source = modules[spec.tied_to]
+        else:
+            logger.info(
+                "fitting %s (%dx%d) at rank %d with %s", spec.path, *weight.shape, spec.rank, spec.method
+            )
+            source = fit_module(spec, weight, method, ctx)
+        bias = getattr(dense, "bias", None) if spec.role == "output" else None
+        modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
+        stats.append(_module_stats(spec, weight, source, modules[spec.path]))
+    install_modules(model, config, modules)
+    model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
+    params_after = sum(p.numel() for p in model.parameters())
+    return CompressionResult(config, stats, params_before, params_after)
+
+
+def _module_stats(
+    spec: ModuleSpec, weight: torch.Tensor, source: FactorizedEmbedding, module: nn.Module
+) -> ModuleStats:
+    dense_params = weight.numel()
+    params, nbytes = (0, 0) if spec.tied_to else _stored_bytes(source)
+    return ModuleStats(
+        path=spec.path,
+        role=spec.role,
+        shape=(int(weight.shape[0]), int(weight.shape[1])),
+        rank=spec.rank,
+        tied_to=spec.tied_to,
+        params_before=0 if spec.tied_to else dense_params,
+        params_after=params,
+        bytes_before=0 if spec.tied_to else dense_params * weight.element_size(),
+        bytes_after=nbytes,
+        relative_error=relative_error(weight, source),
+    )

@@ -1,0 +1,74 @@
+"""Common types for factorization methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class Factors:
+    """Result of a fit: ``matrix ~= codes @ basis - offset``."""
+
+    codes: torch.Tensor
+    basis: torch.Tensor
+    offset: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.codes.shape[1]
+
+    def reconstruct(self) -> torch.Tensor:
+        out = self.codes @ self.basis
+        return out - self.offset if self.offset is not None else out
+
+
+@dataclass
+class FitContext:
+    """Inputs a method may use besides the matrix and the rank.
+
+    Attributes:
+        seed: Seed for any randomness (randomized SVD, NMF initialisation).
+        row_weights: Optional per-row importance (e.g. token frequencies), shape ``(V,)``.
+        options: Method-specific options, validated by the method.
+        progress: Optional callback ``(step, total, metrics)`` for long fits.
+    """
+
+    seed: int = 0
+    row_weights: torch.Tensor | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressFn | None = None
+
+
+class FactorizationMethod:
+    """Base class: subclasses set ``name`` and implement :meth:`fit`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Option names this method accepts (anything else is rejected before any work).
+    option_names: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the method stores a per-column offset.
+    uses_offset: ClassVar[bool] = False
+
+    def validate_options(self, options: dict[str, Any]) -> None:
+        """Reject options this method does not take."""
+        from ..errors import EmbcompressError
+
+        unknown = sorted(set(options) - self.option_names)
+        if unknown:
+            allowed = ", ".join(sorted(self.option_names)) or "none"
+            raise EmbcompressError(
+                f"method '{self.name}' does not take option(s) {', '.join(unknown)}; allowed: {allowed}"
+            )
+
+    def fit(self, matrix: torch.Tensor, rank: int, ctx: FitContext) -> Factors:
+        raise NotImplementedError
+
+    def params_per_rank(self, rows: int, cols: int) -> int:
+        """Stored parameters added by one unit of rank (``rows + cols`` for ``codes @ basis``)."""
+        return rows + cols

