@@ -109,6 +109,7 @@ def save_model_files(
     """Write weights, config, generation config and auxiliary files of ``model`` into ``folder``."""
     copy_aux_files(source_dir, folder)
     save_file(state_dict_to_save(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / WEIGHTS_NAME).chmod(0o644)
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(str(folder))
     gen = getattr(model, "generation_config", None)
@@ -165,9 +166,7 @@ def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
     replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
     missing = sorted(expected - present)
     unexpected = sorted(
-        k
-        for k in present - expected
-        if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
+        k for k in present - expected if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
     )
     if missing:
         raise CheckpointError(f"checkpoint '{folder}' is missing factor tensor(s): {', '.join(missing[:5])}")
@@ -224,9 +223,7 @@ def densify(model: nn.Module) -> nn.Module:
                 swap_module(dense, path, emb)
         elif isinstance(module, FactorizedLinear):
             head = nn.Linear(spec.embedding_dim, spec.num_embeddings, bias=module.bias is not None)
-            head.weight = (
-                built[spec.tied_to].weight if spec.tied_to else nn.Parameter(module.dense().detach().clone())
-            )
+            head.weight = built[spec.tied_to].weight if spec.tied_to else nn.Parameter(module.dense().detach().clone())
             if module.bias is not None:
                 head.bias = module.bias
             swap_module(dense, spec.path, head)

@@ -142,12 +142,8 @@ def plan(model: nn.Module, options: FactorizeOptions) -> tuple[CompressionConfig
         specs.append(_spec(found, "input", options, rank, method))
     if "output" in targets:
         tied = found.tied and "input" in targets
-        rank = (
-            specs[0].rank if tied else _check_rank(options.rank_for("output"), "output", rows, cols, method)
-        )
-        specs.append(
-            _spec(found, "output", options, rank, method, tied_to=found.input_path if tied else None)
-        )
+        rank = specs[0].rank if tied else _check_rank(options.rank_for("output"), "output", rows, cols, method)
+        specs.append(_spec(found, "output", options, rank, method, tied_to=found.input_path if tied else None))
     config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)
     return config, found
 
@@ -187,31 +183,21 @@ def _embed_scale(module: nn.Module) -> float | None:
     return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
 
 
-def fit_module(
-    spec: ModuleSpec,
-    matrix: torch.Tensor,
-    method: FactorizationMethod,
-    ctx: FitContext,
-) -> FactorizedEmbedding:
-    """Fit factors of ``matrix`` and return a new module; ``matrix`` is not modified."""
-    factors = method.fit(matrix.detach(), spec.rank, ctx)
-    return FactorizedEmbedding.from_factors(
-        spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype
-    )
-
-
-def relative_error(original: torch.Tensor, module: FactorizedEmbedding, chunk: int = 8192) -> float:
-    """``||E - E_hat||_F / ||E||_F`` computed in row chunks (no full dense copy)."""
-    codes, basis = module.factor("codes").float(), module.factor("basis").float()
-    offset = module.offset.float() if module.offset is not None else None
+def relative_error(
+    original: torch.Tensor, module: FactorizedEmbedding, row_weights: torch.Tensor | None = None, chunk: int = 8192
+) -> float:
+    """``||W^1/2 (E - E_hat)||_F / ||W^1/2 E||_F`` in row chunks (no full dense copy); ``W`` defaults to 1."""
     err = ref = 0.0
-    for start in range(0, original.shape[0], chunk):
-        rows = original[start : start + chunk].float()
-        approx = codes[start : start + chunk] @ basis
-        if offset is not None:
-            approx = approx - offset
-        err += float((rows - approx).pow(2).sum())
-        ref += float(rows.pow(2).sum())
+    with torch.no_grad():
+        for start in range(0, original.shape[0], chunk):
+            rows = original[start : start + chunk].float()
+            diff2 = (rows - module.dense_rows(start, start + rows.shape[0]).float()).pow(2).sum(1)
+            ref2 = rows.pow(2).sum(1)
+            if row_weights is not None:
+                w = row_weights[start : start + rows.shape[0]].float()
+                diff2, ref2 = diff2 * w, ref2 * w
+            err += float(diff2.sum())
+            ref += float(ref2.sum())
     return math.sqrt(err / max(ref, 1e-30))
 
 
@@ -243,10 +229,8 @@ def factorize_model(
         if spec.tied_to is not None:
             source = modules[spec.tied_to]
         else:
-            logger.info(
-                "fitting %s (%dx%d) at rank %d with %s", spec.path, *weight.shape, spec.rank, spec.method
-            )
-            source = fit_module(spec, weight, method, ctx)
+            logger.info("fitting %s (%dx%d) at rank %d with %s", spec.path, *weight.shape, spec.rank, spec.method)
+            source = method.build(spec, weight, ctx)
         bias = getattr(dense, "bias", None) if spec.role == "output" else None
         modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
         stats.append(_module_stats(spec, weight, source, modules[spec.path]))

@@ -123,7 +123,12 @@ class FactorizedEmbedding(nn.Module):
 
     def dense(self) -> torch.Tensor:
         """Materialise the approximated ``V x H`` matrix (without ``embed_scale``)."""
-        out = self.factor("codes") @ self.factor("basis")
+        return self.dense_rows(0, self.num_embeddings)
+
+    def dense_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the approximated matrix (without ``embed_scale``)."""
+        ids = torch.arange(start, stop, device=self.codes.device)
+        out = self._codes_rows(ids) @ self.factor("basis")
         return out - self.offset.to(out.dtype) if self.offset is not None else out
 
     def extra_repr(self) -> str:

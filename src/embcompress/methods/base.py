@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..config import ModuleSpec
+from ..modules import FactorizedEmbedding
+
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
@@ -67,7 +70,20 @@ class FactorizationMethod:
             )
 
     def fit(self, matrix: torch.Tensor, rank: int, ctx: FitContext) -> Factors:
-        raise NotImplementedError
+        """Fit linear factors of ``matrix`` at ``rank`` (linear methods implement this)."""
+        raise NotImplementedError(f"method '{self.name}' does not produce linear factors")
+
+    @property
+    def module_class(self) -> type[FactorizedEmbedding]:
+        """Module class holding this method's factors (built empty when loading a checkpoint)."""
+        return FactorizedEmbedding
+
+    def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
+        """Fit ``matrix`` and return a new module; ``matrix`` is not modified."""
+        factors = self.fit(matrix.detach(), spec.rank, ctx)
+        return self.module_class.from_factors(
+            spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype
+        )
 
     def params_per_rank(self, rows: int, cols: int) -> int:
         """Stored parameters added by one unit of rank (``rows + cols`` for ``codes @ basis``)."""

@@ -1,0 +1,5 @@
+"""``python -m embcompress``."""
+
+from .cli import main
+
+main()

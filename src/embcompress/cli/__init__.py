@@ -1,0 +1,43 @@
+"""The ``embcompress`` command line (Typer). Each command lives in its own thin module."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="embcompress",
+    help="Compress the token embeddings (input embedding and LM head) of Hugging Face checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"embcompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Compress the token embeddings of Hugging Face checkpoints."""
+
+
+# Each command module registers itself on `app` when imported.
+COMMAND_MODULES = ("factorize", "inspect_cmd", "export", "distill", "report", "sweep", "compress_cmd")
+for _name in COMMAND_MODULES:
+    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
+        importlib.import_module(f"{__name__}.{_name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

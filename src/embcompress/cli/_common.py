@@ -1,0 +1,99 @@
+"""Shared CLI plumbing: error handling, rich progress, JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import EmbcompressError, one_line
+
+console = Console(stderr=True)
+stdout = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one error line on stderr and exit non-zero."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user errors into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EmbcompressError as exc:
+            fail(one_line(exc))
+        except KeyboardInterrupt:
+            fail("interrupted; nothing was written", code=130)
+        except (OSError, MemoryError) as exc:
+            fail(f"{type(exc).__name__}: {one_line(exc)}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool) -> None:
+    """Library logs go through rich on stderr; transformers stays quiet unless verbose."""
+    import transformers
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.getLogger("embcompress").setLevel(logging.INFO if verbose else logging.WARNING)
+    transformers.logging.set_verbosity_info() if verbose else transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+class RichReporter:
+    """Renders each library stage as one rich progress line (a spinner when the total is unknown)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    @contextlib.contextmanager
+    def stage(self, description: str, total: int | None = None) -> Iterator[None]:
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.enabled,
+        )
+        with progress:
+            self._progress, self._task = progress, progress.add_task(description, total=total, metrics="")
+            yield
+            progress.update(self._task, completed=total or 1, total=total or 1)
+        self._progress = None
+
+    def advance(self, steps: int = 1, **metrics: float) -> None:
+        if self._progress is None:
+            return
+        text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self._progress.update(self._task, advance=steps, metrics=text)
+
+
+def print_json(data: dict[str, Any]) -> None:
+    """Machine-readable output on stdout (sorted keys)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def parse_csv(value: str | None) -> tuple[str, ...]:
+    """Split a comma-separated option."""
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())

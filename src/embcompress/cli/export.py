@@ -1,0 +1,35 @@
+"""``embcompress export``: write a vanilla dense checkpoint that any runtime loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..api import export_dense
+from ..errors import EmbcompressError
+from . import app
+from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
+
+
+@app.command()
+@handle_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="A compressed checkpoint folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the dense checkpoint."),
+    dense: bool = typer.Option(False, "--dense", help="Multiply the factors out into dense matrices."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Export a compressed checkpoint; --dense writes plain transformers weights."""
+    setup_logging(verbose)
+    if not dense:
+        raise EmbcompressError("choose an export format: --dense (the only format so far)")
+    with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output}"):
+        model = export_dense(checkpoint, output, overwrite)
+    params = sum(p.numel() for p in model.parameters())
+    if json_out:
+        print_json({"output": str(output), "format": "dense", "params": params})
+    else:
+        stdout.print(f"wrote dense checkpoint [bold]{output}[/] ({params:,} parameters)")
