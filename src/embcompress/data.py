@@ -1,0 +1,166 @@
+"""Text corpora for frequency counts, distillation and evaluation.
+
+Sources: a text file (``.txt``, ``.md``, ``.rst`` or any UTF-8 text), a folder of them (searched
+recursively), JSONL with a text field, or parquet with a text column. Everything streams: a
+corpus is read one document at a time, never whole into memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EmbcompressError
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+DATA_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+TEXT_FIELDS = ("text", "content", "document", "body")
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """The files making up a corpus: ``path`` itself or the data files below a folder (sorted)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise EmbcompressError(f"data path '{path}' does not exist; pass a text file, a folder, JSONL or parquet")
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    if not files:
+        raise EmbcompressError(f"data folder '{path}' holds no {', '.join(DATA_SUFFIXES)} files")
+    return files
+
+
+def _read_text(file: Path) -> Iterator[str]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EmbcompressError(f"data file '{file}' is not UTF-8 text") from None
+    if "\x00" in text[:4096]:
+        raise EmbcompressError(f"data file '{file}' looks binary, not text")
+    for block in text.split("\n\n"):
+        if block.strip():
+            yield block.strip()
+
+
+def _text_of(record: Any, file: Path, field: str | None) -> str:
+    if isinstance(record, str):
+        return record
+    keys = (field,) if field else TEXT_FIELDS
+    for key in keys:
+        if isinstance(record, dict) and isinstance(record.get(key), str):
+            return record[key]
+    raise EmbcompressError(f"record in '{file}' has no text field {list(keys)}; pass --text-field")
+
+
+def _read_jsonl(file: Path, field: str | None) -> Iterator[str]:
+    with file.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise EmbcompressError(f"line {lineno} of '{file}' is not valid JSON") from None
+            yield _text_of(record, file, field)
+
+
+def _read_parquet(file: Path, field: str | None) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EmbcompressError("reading parquet needs pyarrow: pip install 'embcompress[data]'") from None
+    handle = pq.ParquetFile(file)
+    names = handle.schema_arrow.names
+    column = field or next((n for n in TEXT_FIELDS if n in names), None)
+    if column not in names:
+        raise EmbcompressError(f"parquet file '{file}' has no text column (columns: {names}); pass --text-field")
+    for batch in handle.iter_batches(columns=[column], batch_size=1024):
+        yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
+
+
+def iter_documents(path: str | Path, text_field: str | None = None) -> Iterator[str]:
+    """Stream the documents of a corpus (paragraphs of text files, records of JSONL/parquet)."""
+    for file in corpus_files(path):
+        if file.suffix == ".jsonl":
+            yield from _read_jsonl(file, text_field)
+        elif file.suffix == ".parquet":
+            yield from _read_parquet(file, text_field)
+        else:
+            yield from _read_text(file)
+
+
+def is_heldout(document: str, fraction: float, seed: int = 0) -> bool:
+    """Deterministic split by content hash: the same document lands on the same side every run."""
+    digest = hashlib.blake2b(f"{seed}:{document}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def split_documents(
+    documents: Iterable[str], split: str, heldout_fraction: float = 0.1, seed: int = 0
+) -> Iterator[str]:
+    """Keep the ``"train"`` or ``"heldout"`` side of a deterministic hash split."""
+    want_heldout = split == "heldout"
+    return (d for d in documents if is_heldout(d, heldout_fraction, seed) == want_heldout)
+
+
+def token_stream(tokenizer: Any, documents: Iterable[str], batch: int = 64) -> Iterator[int]:
+    """Token ids of the documents, each followed by the EOS (or SEP) token when the tokenizer has one."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    buffer: list[str] = []
+
+    def flush() -> Iterator[int]:
+        encoded = tokenizer(buffer, add_special_tokens=False)["input_ids"]
+        for ids in encoded:
+            yield from ids
+            if sep is not None:
+                yield sep
+        buffer.clear()
+
+    for doc in documents:
+        buffer.append(doc)
+        if len(buffer) >= batch:
+            yield from flush()
+    if buffer:
+        yield from flush()
+
+
+def packed_windows(tokens: Iterable[int], seq_len: int) -> Iterator[torch.Tensor]:
+    """Cut a token stream into consecutive windows of exactly ``seq_len`` ids (the tail is dropped)."""
+    window: list[int] = []
+    for tok in tokens:
+        window.append(tok)
+        if len(window) == seq_len:
+            yield torch.tensor(window, dtype=torch.long)
+            window = []
+
+
+def count_tokens(
+    tokenizer: Any, documents: Iterable[str], vocab_size: int, max_tokens: int | None = None
+) -> torch.Tensor:
+    """Occurrences of each token id (length ``vocab_size``; ids beyond the tokenizer stay 0)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    seen = 0
+    chunk: list[int] = []
+    for tok in token_stream(tokenizer, documents):
+        chunk.append(tok)
+        if len(chunk) >= 65536:
+            counts += torch.bincount(torch.tensor(chunk), minlength=vocab_size)[:vocab_size].double()
+            seen += len(chunk)
+            chunk = []
+            if max_tokens is not None and seen >= max_tokens:
+                break
+    if chunk:
+        counts += torch.bincount(torch.tensor(chunk), minlength=vocab_size)[:vocab_size].double()
+        seen += len(chunk)
+    if seen == 0:
+        raise EmbcompressError("the frequency data holds no text (0 tokens after tokenization)")
+    logger.info("counted %d tokens, %d distinct", seen, int((counts > 0).sum()))
+    return counts
