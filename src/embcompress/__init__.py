@@ -12,6 +12,8 @@ from .hf_integration import register as _register
 
 _register()
 
+from . import api  # noqa: E402
+from .api import LoadOptions, factorize_checkpoint  # noqa: E402
 from .checkpoint import densify, load  # noqa: E402
 from .compress import CompressionResult, FactorizeOptions, factorize_model  # noqa: E402
 from .config import CompressionConfig, ModuleSpec  # noqa: E402
@@ -30,9 +32,12 @@ __all__ = [
     "FactorizeOptions",
     "FactorizedEmbedding",
     "FactorizedLinear",
+    "LoadOptions",
     "ModuleSpec",
     "__version__",
+    "api",
     "densify",
+    "factorize_checkpoint",
     "factorize_model",
     "get_method",
     "load",
