@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import TINY_MODELS, VOCAB, forward_logits, make_tiny
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import embcompress
+from conftest import TINY_MODELS, VOCAB, forward_logits, make_tiny
 from embcompress.checkpoint import (
     WEIGHTS_NAME,
     atomic_output_dir,
@@ -185,8 +185,22 @@ def test_int8_and_half_factor_dtypes_round_trip(tmp_path: Path, tiny_ids: torch.
         compress_and_save(model, tmp_path / dtype, factor_dtype=dtype)
         tensors = stored_tensors(tmp_path / dtype)
         assert str(tensors["model.embed_tokens.codes"].dtype) == f"torch.{dtype}"
-        loaded = embcompress.load(tmp_path / dtype)
-        assert (forward_logits(loaded, tiny_ids) - forward_logits(model, tiny_ids)).abs().max() < 1e-5
+        for loaded in (plain_load(model, tmp_path / dtype), embcompress.load(tmp_path / dtype)):
+            # The factors' storage dtype must not leak into the rest of the model (dtype="auto" loading).
+            assert loaded.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+            assert (forward_logits(loaded, tiny_ids) - forward_logits(model, tiny_ids)).abs().max() < 1e-5
+
+
+def test_bfloat16_model_reloads_in_its_own_dtype(tmp_path: Path, tiny_ids: torch.Tensor) -> None:
+    model = make_tiny("llama-tied").to(torch.bfloat16)
+    compress_and_save(model, tmp_path / "out")
+    expected = forward_logits(model, tiny_ids)
+    for loaded in (plain_load(model, tmp_path / "out"), embcompress.load(tmp_path / "out")):
+        assert loaded.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        assert loaded.get_input_embeddings().compute_dtype == torch.bfloat16
+        assert torch.equal(forward_logits(loaded, tiny_ids), expected)
+    upcast = embcompress.load(tmp_path / "out", dtype=torch.float32)
+    assert upcast.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
 
 
 def test_config_json_has_quantization_section(tmp_path: Path) -> None:
@@ -303,3 +317,19 @@ def test_densify_matches_compressed(name: str, tiny_ids: torch.Tensor) -> None:
     if model.config.tie_word_embeddings and head is not None:
         assert head.weight is dense.get_input_embeddings().weight
     assert isinstance(model.get_input_embeddings(), FactorizedEmbedding)  # the original is untouched
+
+
+def test_load_refuses_misshapen_factor(tmp_path: Path) -> None:
+    compress_and_save(make_tiny("llama-tied"), tmp_path / "out")
+    _rewrite(tmp_path / "out", add={"model.embed_tokens.codes": torch.ones(VOCAB, RANK - 1)})
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape: model\.embed_tokens\.codes \[96, 3\] \(config says \[96, 4\]\)"
+    ):
+        embcompress.load(tmp_path / "out")
+
+
+def test_load_refuses_dense_weight_under_alias(tmp_path: Path) -> None:
+    compress_and_save(make_tiny("t5"), tmp_path / "out")
+    _rewrite(tmp_path / "out", add={"encoder.embed_tokens.weight": torch.zeros(VOCAB, 16)})
+    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\): encoder\.embed_tokens\.weight"):
+        embcompress.load(tmp_path / "out")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .budget import budget_from
 from .card import render_card
 from .checkpoint import (
     SUMMARY_NAME,
@@ -23,7 +24,9 @@ from .checkpoint import (
 from .checkpoint import load as load_compressed
 from .compress import CompressionResult, FactorizeOptions, factorize_model
 from .errors import EmbcompressError
+from .frequency import FrequencyOptions, TokenFrequencies, token_frequencies
 from .methods import get_method
+from .methods.base import ProgressFn
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
 from .sources import ModelSource, load_model, load_tokenizer, resolve_source
@@ -58,8 +61,8 @@ def check_device(device: str) -> None:
         raise EmbcompressError(f"device '{device}' requested but CUDA is not available; use --device cpu")
 
 
-def validate_options(options: FactorizeOptions) -> None:
-    """Checks that need no model: method, its options, factor dtype, rank sign."""
+def validate_options(options: FactorizeOptions, frequency: FrequencyOptions | None = None) -> None:
+    """Checks that need no model: method, its options, factor dtype, budgets, frequency data."""
     method = get_method(options.method)
     method.validate_options(options.method_options)
     dtype_from_name(options.factor_dtype)
@@ -67,6 +70,24 @@ def validate_options(options: FactorizeOptions) -> None:
         value = getattr(options, name)
         if value is not None and value <= 0:
             raise EmbcompressError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    budget_from(options.rank, options.energy, options.ratio)
+    if method.weights_use == "required" and frequency is None:
+        raise EmbcompressError(f"method '{method.name}' needs token frequencies; pass --freq-data PATH")
+    if method.weights_use == "none" and frequency is not None:
+        raise EmbcompressError(f"method '{method.name}' does not use token frequencies; drop --freq-data")
+    if frequency is not None:
+        frequency.check()
+
+
+def _progress_total(model: nn.Module, options: FactorizeOptions) -> int | None:
+    from .surgery import find_targets
+
+    steps = get_method(options.method).progress_total(options.method_options)
+    if steps is None:
+        return None
+    found = find_targets(model)
+    both = {"input", "output"} <= set(options.targets) and found.output_module is not None and not found.tied
+    return steps * (2 if both else 1)
 
 
 def load_source(
@@ -106,23 +127,42 @@ def factorize_checkpoint(
     overwrite: bool = False,
     reporter: Reporter | None = None,
     row_weights: torch.Tensor | None = None,
+    frequency: FrequencyOptions | None = None,
 ) -> CompressionResult:
     """Load ``model_name``, factorize its embeddings per ``options`` and write a checkpoint to ``out``.
 
-    All input is validated (options, output folder, model, ranks) before anything is written.
+    All input is validated (options, output folder, model, ranks, frequency data) before anything is
+    written. ``frequency`` counts a corpus with the model's tokenizer into row weights (ignored when
+    ``row_weights`` is given).
     """
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions()
     out_path = Path(out)
-    validate_options(options)
+    validate_options(options, frequency if row_weights is None else None)
     check_output_dir(out_path, overwrite)
     source, model, tokenizer = load_source(model_name, load, reporter)
-    with reporter.stage(f"fitting {options.method}"):
-        result = factorize_model(model, options, row_weights=row_weights)
+    freqs: TokenFrequencies | None = None
+    if row_weights is None and frequency is not None:
+        with reporter.stage(f"counting tokens in {frequency.path}"):
+            freqs = token_frequencies(tokenizer, frequency, model.get_input_embeddings().weight.shape[0])
+        row_weights = freqs.weights
+    with reporter.stage(f"fitting {options.method}", total=_progress_total(model, options)):
+        result = factorize_model(model, options, row_weights=row_weights, progress=_advance(reporter))
     summary = {**result.to_dict(), "source": source.name, "options": options.to_dict()}
+    if freqs is not None:
+        summary["frequency"] = freqs.info
     with reporter.stage(f"writing {out_path}"):
         write_checkpoint(model, out_path, source, tokenizer, summary, overwrite)
     return result
+
+
+def _advance(reporter: Reporter) -> ProgressFn:
+    """Adapter from a method's ``ctx.progress(step, total, metrics)`` to ``reporter.advance``."""
+
+    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        reporter.advance(1, **metrics)
+
+    return progress
 
 
 def export_dense(folder: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False) -> nn.Module:

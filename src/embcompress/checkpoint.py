@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import QUANT_METHOD, CompressionConfig
 from .errors import CheckpointError, EmbcompressError
+from .modules import FactorizedEmbedding
 from .sources import WEIGHT_SUFFIXES, check_safetensors, model_class
 from .surgery import build_modules
 from .version import __version__
@@ -44,8 +45,30 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     parent = out.resolve().parent
     if not parent.is_dir():
         raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK) or not _can_create_dir(parent):
         raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' is not writable")
+
+
+def check_outside_input(out: Path, source: Path) -> None:
+    """Refuse an output that is, contains or lies inside the input folder (the input is never modified)."""
+    out_abs, src_abs = out.expanduser().resolve(), source.expanduser().resolve()
+    if src_abs.is_file():
+        src_abs = src_abs.parent
+    if out_abs == src_abs or src_abs in out_abs.parents or out_abs in src_abs.parents:
+        raise EmbcompressError(
+            f"output '{out}' overlaps the input '{source}'; choose an output folder outside the input"
+        )
+
+
+def _can_create_dir(parent: Path) -> bool:
+    """Whether a folder can be created in ``parent`` (``os.access`` says yes to root even where it cannot)."""
+    probe = parent / f".embcompress-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    probe.rmdir()
+    return True
 
 
 @contextlib.contextmanager
@@ -59,7 +82,11 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         if out.exists():
             trash = out.resolve().parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, trash)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(trash, out)  # put the previous output back
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
@@ -103,6 +130,14 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
 
 
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model`` computes in: a factorized module's compute dtype, else its first float parameter's."""
+    for module in model.modules():
+        if isinstance(module, FactorizedEmbedding):
+            return module.compute_dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def save_model_files(
     model: nn.Module, folder: Path, source_dir: Path | None = None, tokenizer: Any | None = None
 ) -> None:
@@ -111,6 +146,9 @@ def save_model_files(
     save_file(state_dict_to_save(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / WEIGHTS_NAME).chmod(0o644)
     model.config.architectures = [type(model).__name__]
+    # `from_pretrained` defaults to dtype "auto": without this, a config with no dtype would take the
+    # dtype of the first tensor in the file, which may be a float16 or int8 factor.
+    model.config.dtype = compute_dtype(model)
     model.config.save_pretrained(str(folder))
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(model, "can_generate", lambda: False)():
@@ -143,48 +181,76 @@ def read_compression_config(folder: Path) -> CompressionConfig:
     return CompressionConfig.from_dict(section)
 
 
-def expected_factor_keys(config: CompressionConfig) -> set[str]:
-    """The tensor names the weights file must hold for the factorized modules."""
+def expected_factor_shapes(config: CompressionConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor the weights file must hold for the factorized modules."""
     modules = build_modules(config, torch.float32, device="meta")
-    keys: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for spec in config.modules:
         if not spec.owns_factors:
             continue
         prefix = spec.path if spec.role == "input" else f"{spec.path}.source"
         source = modules[spec.path] if spec.role == "input" else modules[spec.path].source
-        keys.update(f"{prefix}.{name}" for name, _ in source.named_parameters())
-    return keys
+        shapes.update({f"{prefix}.{name}": tuple(p.shape) for name, p in source.named_parameters()})
+    return shapes
+
+
+def expected_factor_keys(config: CompressionConfig) -> set[str]:
+    """The tensor names the weights file must hold for the factorized modules."""
+    return set(expected_factor_shapes(config))
+
+
+def _stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        check_safetensors(file)
+        with safe_open(str(file), framework="pt") as handle:
+            shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})  # noqa: SIM118
+    return shapes
 
 
 def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
-    """Raise if any factor tensor is missing or an unexpected one (e.g. a dense weight) is present."""
+    """Raise if a factor tensor is missing or misshapen, or an unexpected one (e.g. a dense weight) is present."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"no .safetensors weights in '{folder}'")
-    present = {key for f in files for key in check_safetensors(f)}
-    expected = expected_factor_keys(config)
+    stored = _stored_shapes(files)
+    expected = expected_factor_shapes(config)
     replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
-    missing = sorted(expected - present)
+    missing = sorted(set(expected) - set(stored))
     unexpected = sorted(
-        k for k in present - expected if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
+        k
+        for k in set(stored) - set(expected)
+        if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
     )
+    misshapen = [
+        f"{k} {list(stored[k])} (config says {list(v)})"
+        for k, v in sorted(expected.items())
+        if k in stored and stored[k] != v
+    ]
     if missing:
         raise CheckpointError(f"checkpoint '{folder}' is missing factor tensor(s): {', '.join(missing[:5])}")
     if unexpected:
         raise CheckpointError(f"checkpoint '{folder}' has unexpected tensor(s): {', '.join(unexpected[:5])}")
+    if misshapen:
+        raise CheckpointError(
+            f"checkpoint '{folder}' has factor tensor(s) of the wrong shape: {', '.join(misshapen[:5])}"
+        )
 
 
 def load(
     folder: str | os.PathLike[str],
     model_cls: type | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     **kwargs: Any,
 ) -> nn.Module:
     """Load a compressed checkpoint, refusing missing or unexpected factor tensors.
 
     Plain ``AutoModel*.from_pretrained`` also works after ``import embcompress``, but it silently
-    re-initialises missing weights; this function checks the files first.
+    re-initialises missing weights; this function checks the files first. ``dtype`` defaults to the
+    dtype saved in ``config.json`` (``"auto"``), as plain ``from_pretrained`` does.
     """
     path = Path(folder)
     if not path.is_dir():
@@ -194,7 +260,7 @@ def load(
     hf_config = transformers.AutoConfig.from_pretrained(str(path))
     cls = model_cls or model_class(hf_config, is_gguf=False)
     model, info = cls.from_pretrained(
-        str(path), dtype=dtype or torch.float32, use_safetensors=True, output_loading_info=True, **kwargs
+        str(path), dtype=dtype or "auto", use_safetensors=True, output_loading_info=True, **kwargs
     )
     factor_keys = expected_factor_keys(config)
     bad = sorted(set(info.get("missing_keys", [])) & factor_keys)
@@ -205,7 +271,7 @@ def load(
 
 def densify(model: nn.Module) -> nn.Module:
     """Return a copy of a compressed model with the factors multiplied out into dense modules."""
-    from .modules import FactorizedEmbedding, FactorizedLinear
+    from .modules import FactorizedLinear
     from .surgery import swap_module
 
     dense = copy.deepcopy(model)

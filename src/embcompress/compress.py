@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .budget import Budget, budget_from, resolve_rank
 from .config import ROLES, CompressionConfig, ModuleSpec
 from .errors import BudgetError, EmbcompressError
 from .hf_integration import EmbcompressQuantizationConfig
@@ -29,6 +30,8 @@ class FactorizeOptions:
     Attributes:
         method: Registered method name (``embcompress.methods.method_names()``).
         rank: Rank for every target (overridden per target by ``rank_input`` / ``rank_output``).
+        energy: Budget instead of ``rank``: smallest rank keeping this share of spectral energy.
+        ratio: Budget instead of ``rank``: largest rank compressing the stored bytes at least this much.
         rank_input: Rank of the input embedding.
         rank_output: Rank of an untied output head.
         targets: Which matrices to replace: ``("input", "output")`` or one of them.
@@ -41,6 +44,8 @@ class FactorizeOptions:
     rank: int | None = None
     rank_input: int | None = None
     rank_output: int | None = None
+    energy: float | None = None
+    ratio: float | None = None
     targets: tuple[str, ...] = ROLES
     factor_dtype: str = "float32"
     seed: int = 0
@@ -60,6 +65,18 @@ class FactorizeOptions:
         specific = self.rank_input if role == "input" else self.rank_output
         return specific if specific is not None else self.rank
 
+    def budget_for(self, role: str) -> Budget | None:
+        """The budget of target ``role``: its own rank if given, else the shared rank/energy/ratio."""
+        specific = self.rank_input if role == "input" else self.rank_output
+        if specific is not None:
+            return budget_from(specific, None, None)
+        return budget_from(self.rank, self.energy, self.ratio)
+
+    def budget(self) -> dict[str, Any]:
+        """The shared budget as JSON (``mode``, ``value``), or ``{}`` when only per-target ranks are given."""
+        shared = budget_from(self.rank, self.energy, self.ratio)
+        return shared.to_dict() if shared is not None else {}
+
 
 @dataclass
 class ModuleStats:
@@ -75,6 +92,8 @@ class ModuleStats:
     bytes_before: int
     bytes_after: int
     relative_error: float | None
+    weighted_relative_error: float | None = None
+    serving_dense: bool = False
 
     @property
     def ratio(self) -> float:
@@ -92,6 +111,7 @@ class CompressionResult:
     modules: list[ModuleStats]
     params_before: int
     params_after: int
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +119,7 @@ class CompressionResult:
             "modules": [m.to_dict() for m in self.modules],
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "budget": self.budget,
         }
 
 
@@ -107,16 +128,32 @@ def break_even_rank(rows: int, cols: int, params_per_rank: int) -> int:
     return max(0, math.ceil(rows * cols / params_per_rank) - 1)
 
 
+def rank_limit(rows: int, cols: int, method: FactorizationMethod) -> int:
+    """Largest admissible rank: below the break-even rank and the matrix dimensions."""
+    return min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
+
+
 def _check_rank(rank: int | None, role: str, rows: int, cols: int, method: FactorizationMethod) -> int:
     if rank is None:
-        raise BudgetError(f"no rank given for the {role} embedding; pass --rank (or --rank-{role})")
-    limit = min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
+        raise BudgetError(
+            f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
+        )
+    limit = rank_limit(rows, cols, method)
     if rank <= 0 or rank > limit:
         raise BudgetError(
             f"rank {rank} for the {role} embedding ({rows}x{cols}) must be between 1 and {limit}: "
             f"above {limit} the factors do not reduce the parameter count (break-even rank {limit})"
         )
     return rank
+
+
+def _check_weights(method: FactorizationMethod, row_weights: torch.Tensor | None, rows: int) -> None:
+    if method.weights_use == "required" and row_weights is None:
+        raise EmbcompressError(f"method '{method.name}' needs token frequencies; pass --freq-data PATH")
+    if method.weights_use == "none" and row_weights is not None:
+        raise EmbcompressError(f"method '{method.name}' does not use token frequencies; drop --freq-data")
+    if row_weights is not None and row_weights.numel() != rows:
+        raise EmbcompressError(f"row weights have {row_weights.numel()} entries but the vocabulary has {rows} rows")
 
 
 def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tuple[str, ...]:
@@ -128,22 +165,38 @@ def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tupl
     return tuple(t for t in targets if t == "input" or found.output_module is not None)
 
 
-def plan(model: nn.Module, options: FactorizeOptions) -> tuple[CompressionConfig, EmbeddingTargets]:
-    """Validate ``options`` against ``model`` and return the specs to build; touches nothing."""
+def plan(
+    model: nn.Module, options: FactorizeOptions, row_weights: torch.Tensor | None = None
+) -> tuple[CompressionConfig, EmbeddingTargets]:
+    """Validate ``options`` against ``model``, resolve budgets to ranks and return the specs to build.
+
+    Touches nothing; energy budgets compute the (possibly row-weighted) spectrum of the matrix.
+    """
     method = get_method(options.method)
     method.validate_options(options.method_options)
     dtype_from_name(options.factor_dtype)
     found = find_targets(model)
     targets = _validate_targets(tuple(options.targets), found)
     rows, cols = found.vocab_size, found.hidden_size
-    specs = []
-    if "input" in targets:
-        rank = _check_rank(options.rank_for("input"), "input", rows, cols, method)
-        specs.append(_spec(found, "input", options, rank, method))
-    if "output" in targets:
-        tied = found.tied and "input" in targets
-        rank = specs[0].rank if tied else _check_rank(options.rank_for("output"), "output", rows, cols, method)
-        specs.append(_spec(found, "output", options, rank, method, tied_to=found.input_path if tied else None))
+    _check_weights(method, row_weights, rows)
+    specs: list[ModuleSpec] = []
+    for role in [r for r in ROLES if r in targets]:
+        if role == "output" and found.tied and "input" in targets:
+            specs.append(_spec(found, role, options, specs[0].rank, method, tied_to=found.input_path))
+            continue
+        spec = _spec(found, role, options, 1, method)
+        budget = options.budget_for(role)
+        if budget is None:
+            raise BudgetError(
+                f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
+            )
+        weight = (found.input_module if role == "input" else found.output_module).weight.detach()
+        limit = rank_limit(rows, cols, method)
+        spec.rank = _check_rank(
+            resolve_rank(budget, spec, weight, method, limit, row_weights), role, rows, cols, method
+        )
+        method.check_spec(spec)
+        specs.append(spec)
     config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)
     return config, found
 
@@ -217,7 +270,7 @@ def factorize_model(
     Everything is validated before the model is touched. Returns the config to save and per-module
     size/fidelity statistics.
     """
-    config, found = plan(model, options)
+    config, found = plan(model, options, row_weights)
     params_before = sum(p.numel() for p in model.parameters())
     method = get_method(options.method)
     ctx = FitContext(options.seed, row_weights, dict(options.method_options), progress)
@@ -233,15 +286,20 @@ def factorize_model(
             source = method.build(spec, weight, ctx)
         bias = getattr(dense, "bias", None) if spec.role == "output" else None
         modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
-        stats.append(_module_stats(spec, weight, source, modules[spec.path]))
+        stats.append(_module_stats(spec, weight, source, row_weights, method.serving_dense))
     install_modules(model, config, modules)
     model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
     params_after = sum(p.numel() for p in model.parameters())
-    return CompressionResult(config, stats, params_before, params_after)
+    budget = {**options.budget(), "ranks": {m.role: m.rank for m in config.modules}}
+    return CompressionResult(config, stats, params_before, params_after, budget)
 
 
 def _module_stats(
-    spec: ModuleSpec, weight: torch.Tensor, source: FactorizedEmbedding, module: nn.Module
+    spec: ModuleSpec,
+    weight: torch.Tensor,
+    source: FactorizedEmbedding,
+    row_weights: torch.Tensor | None = None,
+    serving_dense: bool = False,
 ) -> ModuleStats:
     dense_params = weight.numel()
     params, nbytes = (0, 0) if spec.tied_to else _stored_bytes(source)
@@ -256,4 +314,6 @@ def _module_stats(
         bytes_before=0 if spec.tied_to else dense_params * weight.element_size(),
         bytes_after=nbytes,
         relative_error=relative_error(weight, source),
+        weighted_relative_error=None if row_weights is None else relative_error(weight, source, row_weights),
+        serving_dense=serving_dense,
     )

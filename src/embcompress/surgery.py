@@ -125,12 +125,15 @@ def build_modules(
     config: CompressionConfig, compute_dtype: torch.dtype, device: torch.device | str | None = None
 ) -> dict[str, nn.Module]:
     """Create empty factorized modules for every spec (tied heads share their source)."""
+    from .methods import get_method
+
     modules: dict[str, nn.Module] = {}
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
+        cls = get_method(spec.method).module_class
         if spec.role == "input":
-            modules[spec.path] = FactorizedEmbedding.from_spec(spec, compute_dtype, device)
+            modules[spec.path] = cls.from_spec(spec, compute_dtype, device)
             continue
-        source = modules[spec.tied_to] if spec.tied_to else FactorizedEmbedding.from_spec(spec, compute_dtype, device)
+        source = modules[spec.tied_to] if spec.tied_to else cls.from_spec(spec, compute_dtype, device)
         bias = nn.Parameter(torch.zeros(spec.num_embeddings, device=device)) if spec.bias else None
         modules[spec.path] = FactorizedLinear.from_source(source, bias)
     return modules

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..api import export_dense
+from ..checkpoint import check_outside_input
 from ..errors import EmbcompressError
 from . import app
 from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
@@ -26,6 +27,7 @@ def export(
     setup_logging(verbose)
     if not dense:
         raise EmbcompressError("choose an export format: --dense (the only format so far)")
+    check_outside_input(output, checkpoint)
     with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output}"):
         model = export_dense(checkpoint, output, overwrite)
     params = sum(p.numel() for p in model.parameters())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from ..api import LoadOptions, factorize_checkpoint
+from ..checkpoint import check_outside_input
 from ..compress import CompressionResult, FactorizeOptions
+from ..errors import EmbcompressError
+from ..frequency import FrequencyOptions
 from ..methods import method_names
 from . import app
 from ._common import RichReporter, handle_errors, parse_csv, print_json, setup_logging, stdout
@@ -22,7 +26,23 @@ def factorize(
     rank: int | None = typer.Option(None, "--rank", "-r", help="Rank for every replaced matrix."),
     rank_input: int | None = typer.Option(None, help="Rank of the input embedding (overrides --rank)."),
     rank_output: int | None = typer.Option(None, help="Rank of an untied LM head (overrides --rank)."),
+    energy: float | None = typer.Option(
+        None, help="Budget: smallest rank keeping this share of spectral energy, in (0, 1] (weighted for weighted-svd)."
+    ),
+    ratio: float | None = typer.Option(
+        None, help="Budget: largest rank compressing the saved bytes at least this much."
+    ),
     method: str = typer.Option("svd", "--method", "-m", help=f"Factorization method: {', '.join(method_names())}."),
+    option: list[str] = typer.Option(
+        [], "--option", "-O", help="Method option KEY=VALUE (repeatable), e.g. -O max_iter=300; see docs/methods.md."
+    ),
+    buckets: str | None = typer.Option(None, help="grouped: bucket sizes by frequency, e.g. 4000,rest."),
+    bucket_ranks: str | None = typer.Option(None, help="grouped: rank per bucket (or 'dense'), e.g. dense,64."),
+    freq_data: str | None = typer.Option(
+        None, help="Text (file, folder, JSONL, parquet) counted with the model's tokenizer for token frequencies."
+    ),
+    freq_exponent: float = typer.Option(0.5, help="Row weight = max(count, floor) ** exponent."),
+    freq_floor: float = typer.Option(0.1, help="Pseudo-count of tokens never seen in --freq-data."),
     targets: str = typer.Option("input,output", help="Matrices to replace: input, output or both."),
     factor_dtype: str = typer.Option("float32", help="Factor storage: float32, float16, bfloat16, int8."),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder (de-quantized on load)."),
@@ -41,17 +61,53 @@ def factorize(
         rank=rank,
         rank_input=rank_input,
         rank_output=rank_output,
+        energy=energy,
+        ratio=ratio,
         targets=parse_csv(targets),
         factor_dtype=factor_dtype,
         seed=seed,
+        method_options=method_options(option, buckets, bucket_ranks),
     )
+    frequency = FrequencyOptions(freq_data, freq_exponent, freq_floor) if freq_data else None
+    if Path(model).expanduser().exists():
+        check_outside_input(output, Path(model))
     load = LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    result = factorize_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))
+    reporter = RichReporter(enabled=not json_out)
+    result = factorize_checkpoint(model, output, options, load, overwrite, reporter, frequency=frequency)
     if json_out:
         print_json({**result.to_dict(), "output": str(output)})
     else:
         stdout.print(result_table(result))
         stdout.print(f"wrote [bold]{output}[/]")
+
+
+def parse_value(text: str) -> Any:
+    """An option value: int, float, true/false, a comma list of those, or the string itself."""
+    if "," in text:
+        return [parse_value(part.strip()) for part in text.split(",") if part.strip()]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_options(pairs: list[str], buckets: str | None, bucket_ranks: str | None) -> dict[str, Any]:
+    """Method options from ``-O KEY=VALUE`` pairs and the grouped shortcuts."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EmbcompressError(f"--option expects KEY=VALUE, got '{pair}'")
+        options[key.strip()] = parse_value(value.strip())
+    if buckets is not None:
+        options["buckets"] = [parse_value(b.strip()) for b in buckets.split(",") if b.strip()]
+    if bucket_ranks is not None:
+        options["bucket_ranks"] = [parse_value(r.strip()) for r in bucket_ranks.split(",") if r.strip()]
+    return options
 
 
 def _millions(n: int) -> str:
@@ -61,13 +117,15 @@ def _millions(n: int) -> str:
 def result_table(result: CompressionResult) -> Table:
     """Rich table: parameters and bytes before -> after per module, ratio, relative error."""
     table = Table(title=f"embcompress factorize ({result.config.method})")
-    for col in ("module", "shape", "rank", "params", "MB", "ratio", "rel. err"):
+    weighted = any(m.weighted_relative_error is not None for m in result.modules)
+    columns = ("module", "shape", "rank", "params", "MB", "ratio", "rel. err") + (("freq-w. err",) if weighted else ())
+    for col in columns:
         table.add_column(col, justify="left" if col == "module" else "right")
     for m in result.modules:
         if m.tied_to:
-            table.add_row(f"{m.path} ({m.role})", f"tied to {m.tied_to}", str(m.rank), "-", "-", "-", "-")
+            table.add_row(f"{m.path} ({m.role})", f"tied to {m.tied_to}", str(m.rank), *["-"] * (len(columns) - 3))
             continue
-        table.add_row(
+        cells = [
             f"{m.path} ({m.role})",
             f"{m.shape[0]}x{m.shape[1]}",
             str(m.rank),
@@ -75,6 +133,16 @@ def result_table(result: CompressionResult) -> Table:
             f"{m.bytes_before / 1e6:.1f} -> {m.bytes_after / 1e6:.1f}",
             f"{m.ratio:.1f}x",
             f"{m.relative_error:.3f}" if m.relative_error is not None else "-",
-        )
-    table.caption = f"model parameters {result.params_before:,} -> {result.params_after:,}"
+        ]
+        if weighted:
+            cells.append(f"{m.weighted_relative_error:.3f}" if m.weighted_relative_error is not None else "-")
+        table.add_row(*cells)
+    budget = result.budget
+    mode = f"{budget['mode']} {budget['value']}" if budget.get("mode") else "per-target ranks"
+    ranks = ", ".join(f"{role} {rank}" for role, rank in budget.get("ranks", {}).items())
+    caption = f"model parameters {result.params_before:,} -> {result.params_after:,}; budget {mode} -> rank {ranks}"
+    dense = [m.path for m in result.modules if m.serving_dense and not m.tied_to]
+    if dense:
+        caption += "\nserving materialises the dense V x H matrix for the LM head (nonlinear decoder)"
+    table.caption = caption
     return table

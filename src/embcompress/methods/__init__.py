@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from ..errors import EmbcompressError
 from .base import FactorizationMethod, Factors, FitContext
+from .grouped import GroupedMethod
+from .nmf import NMFMethod
+from .nonlinear import NonlinearMethod
 from .svd import SVDMethod
+from .weighted_svd import WeightedSVDMethod
 
 _REGISTRY: dict[str, type[FactorizationMethod]] = {}
 
@@ -29,6 +33,7 @@ def get_method(name: str) -> FactorizationMethod:
     return _REGISTRY[name]()
 
 
-register_method(SVDMethod)
+for _cls in (SVDMethod, WeightedSVDMethod, GroupedMethod, NMFMethod, NonlinearMethod):
+    register_method(_cls)
 
 __all__ = ["FactorizationMethod", "Factors", "FitContext", "get_method", "method_names", "register_method"]

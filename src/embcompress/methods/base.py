@@ -57,6 +57,12 @@ class FactorizationMethod:
     option_names: ClassVar[frozenset[str]] = frozenset()
     #: Whether the method stores a per-column offset.
     uses_offset: ClassVar[bool] = False
+    #: Token-frequency row weights: ``"required"`` (``--freq-data`` must be given), ``"optional"`` or ``"none"``.
+    weights_use: ClassVar[str] = "none"
+    #: Whether ``--energy`` is measured on the row-weighted matrix ``diag(sqrt w) E``.
+    weighted_energy: ClassVar[bool] = False
+    #: Whether the module's LM-head product materialises the dense ``V x H`` matrix.
+    serving_dense: ClassVar[bool] = False
 
     def validate_options(self, options: dict[str, Any]) -> None:
         """Reject options this method does not take."""
@@ -84,6 +90,19 @@ class FactorizationMethod:
         return self.module_class.from_factors(
             spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype
         )
+
+    def check_spec(self, spec: ModuleSpec) -> None:
+        """Validate method-specific structure in ``spec.options`` before any work (default: nothing)."""
+
+    def stored_bytes(self, spec: ModuleSpec) -> int:
+        """Bytes the module built from ``spec`` stores (factors, scales, offset, decoder), built on meta."""
+        module = self.module_class.from_spec(spec, device="meta")
+        params = {id(p): p for p in module.parameters()}.values()
+        return sum(p.numel() * p.element_size() for p in params)
+
+    def progress_total(self, options: dict[str, Any]) -> int | None:
+        """Number of progress steps one fit reports through ``ctx.progress`` (``None``: no progress)."""
+        return None
 
     def params_per_rank(self, rows: int, cols: int) -> int:
         """Stored parameters added by one unit of rank (``rows + cols`` for ``codes @ basis``)."""

@@ -1,0 +1,84 @@
+"""Token-frequency row weights for frequency-aware methods (``--freq-data``).
+
+Counts come from a text corpus tokenized with the model's own tokenizer
+(:func:`embcompress.data.count_tokens`). The weight of token ``t`` with ``c_t`` occurrences is
+``w_t = max(c_t, floor) ** exponent``, normalised to mean 1: ``exponent`` 1 weights rows by raw
+frequency, 0.5 (default) by its square root (a compromise that still keeps the rare tokens in the
+picture), 0 ignores frequencies; ``floor`` is the pseudo-count given to never-seen tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import count_tokens, iter_documents
+from .errors import EmbcompressError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrequencyOptions:
+    """Where token frequencies come from and how counts become row weights.
+
+    Attributes:
+        path: Text file, folder, JSONL or parquet corpus.
+        exponent: ``w = max(count, floor) ** exponent``.
+        floor: Pseudo-count for tokens never seen in the corpus.
+        text_field: Field of JSONL records / parquet column holding the text.
+        max_tokens: Stop counting after this many tokens (``None``: the whole corpus).
+    """
+
+    path: str
+    exponent: float = 0.5
+    floor: float = 0.1
+    text_field: str | None = None
+    max_tokens: int | None = None
+
+    def check(self) -> None:
+        """Fail early (before any model is loaded) on bad settings or a corpus with no text."""
+        if not 0 <= self.exponent <= 4:
+            raise EmbcompressError(f"--freq-exponent must be between 0 and 4, got {self.exponent}")
+        if self.floor < 0:
+            raise EmbcompressError(f"--freq-floor must be >= 0, got {self.floor}")
+        first = next(iter_documents(self.path, self.text_field), None)
+        if first is None:
+            raise EmbcompressError(f"frequency data '{self.path}' holds no text")
+
+
+@dataclass
+class TokenFrequencies:
+    """Counts of each token id and the derived row weights."""
+
+    counts: torch.Tensor
+    weights: torch.Tensor
+    options: FrequencyOptions
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def weights_from_counts(counts: torch.Tensor, exponent: float = 0.5, floor: float = 0.1) -> torch.Tensor:
+    """``max(counts, floor) ** exponent`` normalised to mean 1 (float32)."""
+    weights = counts.double().clamp_min(floor).pow(exponent)
+    if float(weights.sum()) <= 0:
+        raise EmbcompressError("all token weights are zero: no token was seen and --freq-floor is 0")
+    return (weights / weights.mean()).float()
+
+
+def token_frequencies(tokenizer: Any, options: FrequencyOptions, vocab_size: int) -> TokenFrequencies:
+    """Count the corpus with ``tokenizer`` and turn the counts into row weights."""
+    if tokenizer is None:
+        raise EmbcompressError("--freq-data needs the model's tokenizer, but none could be loaded")
+    docs = iter_documents(options.path, options.text_field)
+    counts = count_tokens(tokenizer, docs, vocab_size, options.max_tokens)
+    info = {
+        "path": str(options.path),
+        "tokens": int(counts.sum()),
+        "distinct_tokens": int((counts > 0).sum()),
+        "exponent": options.exponent,
+        "floor": options.floor,
+    }
+    return TokenFrequencies(counts, weights_from_counts(counts, options.exponent, options.floor), options, info)

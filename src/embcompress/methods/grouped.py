@@ -1,0 +1,278 @@
+"""GroupReduce-style factorization: frequency buckets of tokens, each with its own rank (or dense).
+
+Tokens are sorted by frequency (most frequent first) and cut into buckets (``buckets`` option,
+e.g. ``[4000, "rest"]``). Bucket ``b`` stores either its rows densely (``rows_b``) or a
+frequency-weighted SVD of its rows (``codes_b`` ``n_b x r_b`` and ``basis_b`` ``r_b x H``). One
+``int32`` tensor ``perm`` (length ``V``) lists the token ids in bucket order, so the storage is
+``perm`` plus the per-bucket factors, all in one module. The resolved structure is written to the
+spec's options (``bucket_sizes``, ``bucket_ranks``) so loading rebuilds the same module.
+
+Ranks are chosen to meet the budget of the plain rank ``r`` (``r * (V + H)`` parameters): a
+greedy allocation on the per-bucket weighted spectra (largest kept weighted energy per stored
+parameter first), also trying each bucket dense, keeping the allocation that keeps most weighted
+energy. ``bucket_ranks`` fixes the ranks instead (``"dense"`` for a dense bucket).
+
+The LM head computes ``(h @ basis_b.T) @ codes_b.T`` per bucket and scatters the bucket logits
+back to token order; no ``V x H`` matrix is materialised for linear buckets.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import ModuleSpec
+from ..errors import BudgetError, EmbcompressError
+from ..modules import FactorizedEmbedding
+from ..quant import dequantize_rows, dtype_from_name
+from .base import FactorizationMethod, FitContext
+from .weighted_svd import require_weights, weighted_singular_values, weighted_subspace
+
+logger = logging.getLogger(__name__)
+
+DENSE = "dense"
+REST = "rest"
+
+
+def parse_buckets(buckets: Any, rows: int) -> list[int]:
+    """Bucket sizes from a list (or comma string) of positive ints, the last possibly ``"rest"``.
+
+    Raises:
+        EmbcompressError: when the buckets do not cover exactly ``rows`` tokens.
+    """
+    items = [b.strip() for b in buckets.split(",")] if isinstance(buckets, str) else list(buckets)
+    if not items:
+        raise EmbcompressError("grouped: 'buckets' is empty; give sizes like 4000,rest")
+    sizes: list[int] = []
+    has_rest = str(items[-1]).lower() in (REST, "-1")
+    for item in items[:-1] if has_rest else items:
+        try:
+            size = int(item)
+        except (TypeError, ValueError):
+            raise EmbcompressError(f"grouped: bucket size '{item}' is not a positive integer or 'rest'") from None
+        if size <= 0:
+            raise EmbcompressError(f"grouped: bucket size {size} must be positive")
+        sizes.append(size)
+    total = sum(sizes)
+    if (has_rest and total >= rows) or (not has_rest and total != rows):
+        text = ",".join(map(str, items))
+        fix = f"make them sum to {rows} or end with 'rest'" if not has_rest else f"keep the sizes below {rows}"
+        raise EmbcompressError(f"grouped: buckets {text} cover {total} of the {rows} vocabulary rows; {fix}")
+    if has_rest:
+        sizes.append(rows - total)
+    return sizes
+
+
+def parse_bucket_ranks(ranks: Any, sizes: list[int], cols: int) -> list[int | str]:
+    """Explicit per-bucket ranks (ints or ``"dense"``), one per bucket."""
+    items = [r.strip() for r in ranks.split(",")] if isinstance(ranks, str) else list(ranks)
+    if len(items) != len(sizes):
+        raise EmbcompressError(f"grouped: {len(items)} bucket_ranks for {len(sizes)} buckets")
+    out: list[int | str] = []
+    for item, size in zip(items, sizes, strict=True):
+        if str(item).lower() == DENSE:
+            out.append(DENSE)
+            continue
+        try:
+            rank = int(item)
+        except (TypeError, ValueError):
+            raise EmbcompressError(f"grouped: bucket rank '{item}' is not a positive integer or 'dense'") from None
+        if not 1 <= rank <= min(size, cols):
+            raise EmbcompressError(f"grouped: bucket rank {rank} must be between 1 and {min(size, cols)}")
+        out.append(rank)
+    return out
+
+
+def default_buckets(rows: int) -> list[Any]:
+    """Default split: the most frequent eighth of the vocabulary, then the rest."""
+    return [max(1, rows // 8), REST]
+
+
+def bucket_params(size: int, rank: int | str, cols: int) -> int:
+    """Parameters one bucket stores."""
+    return size * cols if rank == DENSE else int(rank) * (size + cols)
+
+
+def _greedy(
+    spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int, dense: set[int]
+) -> tuple[list[int | str], float] | None:
+    """Allocate ranks (at least 1 per linear bucket) maximising kept energy within ``budget`` params."""
+    ranks: list[int | str] = [DENSE if b in dense else 1 for b in range(len(sizes))]
+    used = sum(bucket_params(n, r, cols) for n, r in zip(sizes, ranks, strict=True))
+    if used > budget:
+        return None
+    kept = sum(float(s.pow(2).sum()) if b in dense else float(s[0] ** 2) for b, s in enumerate(spectra))
+    heap = [(-float(s[1] ** 2) / (sizes[b] + cols), b) for b, s in enumerate(spectra) if b not in dense and len(s) > 1]
+    heapq.heapify(heap)
+    while heap:
+        _, b = heapq.heappop(heap)
+        cost = sizes[b] + cols
+        if used + cost > budget:
+            continue
+        rank = int(ranks[b]) + 1
+        ranks[b], used, kept = rank, used + cost, kept + float(spectra[b][rank - 1] ** 2)
+        if rank < len(spectra[b]):
+            heapq.heappush(heap, (-float(spectra[b][rank] ** 2) / cost, b))
+    return ranks, kept
+
+
+def allocate_ranks(spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int) -> list[int | str]:
+    """Best of the greedy allocations with no dense bucket or one dense bucket; linear buckets
+    whose factors would outgrow their dense rows become dense."""
+    best: tuple[list[int | str], float] | None = None
+    for dense in [set(), *({b} for b in range(len(sizes)))]:
+        result = _greedy(spectra, sizes, cols, budget, dense)
+        if result is not None and (best is None or result[1] > best[1]):
+            best = result
+    if best is None:
+        need = sum(size + cols for size in sizes)
+        raise BudgetError(f"grouped: the budget of {budget} parameters is below {need}, rank 1 in every bucket")
+    return [
+        DENSE if r != DENSE and bucket_params(n, r, cols) >= n * cols else r
+        for n, r in zip(sizes, best[0], strict=True)
+    ]
+
+
+class GroupedEmbedding(FactorizedEmbedding):
+    """Per-bucket factors (or dense rows) plus the token permutation, in one module."""
+
+    def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
+        nn.Module.__init__(self)
+        self.spec = spec
+        self.compute_dtype = compute_dtype
+        self.padding_idx = spec.padding_idx
+        self.embed_scale = spec.embed_scale
+        self.sizes: list[int] = [int(n) for n in spec.options["bucket_sizes"]]
+        self.ranks: list[int | str] = list(spec.options["bucket_ranks"])
+        store = dtype_from_name(spec.factor_dtype)
+        for b, (size, rank) in enumerate(zip(self.sizes, self.ranks, strict=True)):
+            if rank == DENSE:
+                self._register_factor(f"rows_{b}", (size, spec.embedding_dim), store)
+            else:
+                self._register_factor(f"codes_{b}", (size, int(rank)), store)
+                self._register_factor(f"basis_{b}", (int(rank), spec.embedding_dim), store)
+        perm = torch.zeros(spec.num_embeddings, dtype=torch.int32)
+        self.register_parameter("perm", nn.Parameter(perm, requires_grad=False))
+        self.offset = None
+
+    def _rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        param = getattr(self, name)
+        if param.dtype == torch.int8:
+            return dequantize_rows(param[idx], getattr(self, f"{name}_scale")[idx], self.compute_dtype)
+        return param[idx].to(self.compute_dtype)
+
+    def _bucket_rows(self, b: int, local: torch.Tensor) -> torch.Tensor:
+        if self.ranks[b] == DENSE:
+            return self._rows(f"rows_{b}", local)
+        return self._rows(f"codes_{b}", local) @ self.factor(f"basis_{b}")
+
+    def inverse_perm(self) -> torch.Tensor:
+        """Position of each token id in bucket order."""
+        perm = self.perm.long()
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.numel(), device=perm.device)
+        return inv
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = self.inverse_perm()[ids.reshape(-1)]
+        out = torch.zeros(pos.numel(), self.embedding_dim, dtype=self.compute_dtype, device=pos.device)
+        start = 0
+        for b, size in enumerate(self.sizes):
+            mask = (pos >= start) & (pos < start + size)
+            if bool(mask.any()):
+                out[mask] = self._bucket_rows(b, pos[mask] - start)
+            start += size
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self._lookup(input_ids)
+        return out * self.embed_scale if self.embed_scale is not None else out
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-bucket logits through the factors, gathered back to token order (no ``V x H``
+        matrix for linear buckets)."""
+        h = hidden.to(self.compute_dtype)
+        parts = []
+        for b, rank in enumerate(self.ranks):
+            if rank == DENSE:
+                parts.append(h @ self.factor(f"rows_{b}").T)
+            else:
+                parts.append((h @ self.factor(f"basis_{b}").T) @ self.factor(f"codes_{b}").T)
+        return torch.cat(parts, dim=-1).index_select(-1, self.inverse_perm())
+
+    def dense_rows(self, start: int, stop: int) -> torch.Tensor:
+        return self._lookup(torch.arange(start, stop, device=self.perm.device))
+
+    def extra_repr(self) -> str:
+        buckets = ", ".join(f"{n}@{r}" for n, r in zip(self.sizes, self.ranks, strict=True))
+        return f"{super().extra_repr()}, buckets=[{buckets}]"
+
+
+class GroupedMethod(FactorizationMethod):
+    """Frequency buckets with their own ranks; weighted SVD inside each bucket."""
+
+    name: ClassVar[str] = "grouped"
+    description: ClassVar[str] = "GroupReduce: frequency buckets, each dense or with its own weighted-SVD rank"
+    option_names: ClassVar[frozenset[str]] = frozenset({"buckets", "bucket_ranks", "solver"})
+    weights_use: ClassVar[str] = "required"
+    weighted_energy: ClassVar[bool] = True
+
+    @property
+    def module_class(self) -> type[FactorizedEmbedding]:
+        return GroupedEmbedding
+
+    def check_spec(self, spec: ModuleSpec) -> None:
+        sizes = parse_buckets(spec.options.get("buckets") or default_buckets(spec.num_embeddings), spec.num_embeddings)
+        rows, cols = spec.num_embeddings, spec.embedding_dim
+        need = sum(size + cols for size in sizes)
+        if spec.rank * (rows + cols) < need:
+            nearest = -(-need // (rows + cols))
+            raise BudgetError(
+                f"grouped: rank {spec.rank} is too small for {len(sizes)} buckets (rank 1 in each needs the budget "
+                f"of rank {nearest}); the nearest feasible value is --rank {nearest}"
+            )
+        if spec.options.get("bucket_ranks") is not None:
+            ranks = parse_bucket_ranks(spec.options["bucket_ranks"], sizes, spec.embedding_dim)
+            used = sum(bucket_params(n, r, spec.embedding_dim) for n, r in zip(sizes, ranks, strict=True))
+            budget = spec.rank * (spec.num_embeddings + spec.embedding_dim)
+            if used > budget:
+                raise BudgetError(
+                    f"grouped: bucket_ranks store {used} parameters, above the rank-{spec.rank} budget of {budget}"
+                )
+
+    def stored_bytes(self, spec: ModuleSpec) -> int:
+        """Estimate from the budget (actual ranks are chosen at fit time, never above it) plus ``perm``."""
+        linear = FactorizedEmbedding.from_spec(spec, device="meta")
+        return sum(p.numel() * p.element_size() for p in linear.parameters()) + 4 * spec.num_embeddings
+
+    def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
+        rows, cols = matrix.shape
+        weights = require_weights(ctx, self.name, rows)
+        m = matrix.detach().float()
+        perm = torch.sort(weights.cpu(), descending=True, stable=True).indices.to(m.device)
+        sizes = parse_buckets(ctx.options.get("buckets") or default_buckets(rows), rows)
+        bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        groups = [perm[bounds[b] : bounds[b + 1]] for b in range(len(sizes))]
+        if ctx.options.get("bucket_ranks") is not None:
+            ranks = parse_bucket_ranks(ctx.options["bucket_ranks"], sizes, cols)
+        else:
+            spectra = [weighted_singular_values(m[g], weights[g])[: min(len(g), cols)] for g in groups]
+            ranks = allocate_ranks(spectra, sizes, cols, spec.rank * (rows + cols))
+        logger.info("grouped buckets (size@rank): %s", ", ".join(f"{n}@{r}" for n, r in zip(sizes, ranks, strict=True)))
+        spec.options = {**spec.options, "bucket_sizes": sizes, "bucket_ranks": ranks}
+        module = GroupedEmbedding.from_spec(spec, compute_dtype=matrix.dtype, device=matrix.device)
+        solver = ctx.options.get("solver", "auto")
+        with torch.no_grad():
+            module.perm.data = perm.to(torch.int32)
+            for b, (group, rank) in enumerate(zip(groups, ranks, strict=True)):
+                if rank == DENSE:
+                    module.set_factor(f"rows_{b}", m[group])
+                    continue
+                factors = weighted_subspace(m[group], weights[group], int(rank), solver, ctx.seed)
+                module.set_factor(f"codes_{b}", factors.codes)
+                module.set_factor(f"basis_{b}", factors.basis)
+        return module

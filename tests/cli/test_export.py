@@ -1,0 +1,140 @@
+"""``embcompress export --dense``: a vanilla checkpoint that loads without embcompress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import embcompress
+from conftest import forward_logits
+from embcompress.cli import app
+
+# Runs in a fresh interpreter: loads each dense export with transformers only and prints its logits as JSON.
+CHILD = """
+import json, sys
+import torch, transformers
+ids = torch.tensor(json.loads(sys.argv[1]))
+results = []
+for folder, cls_name in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = getattr(transformers, cls_name).from_pretrained(folder).eval()
+    with torch.no_grad():
+        kwargs = {"decoder_input_ids": ids} if cls_name.startswith("T5") else {}
+        out = model(input_ids=ids, **kwargs)
+    logits = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    results.append({"logits": logits.tolist(), "embedding": type(model.get_input_embeddings()).__name__})
+assert not any(name.startswith("embcompress") for name in sys.modules), "embcompress was imported"
+print(json.dumps(results))
+"""
+EXPORTED = ["llama-tied", "llama-untied", "bert-mlm", "t5"]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def compressed(tiny_model_dir: Callable[[str], Path], tmp_path: Path, name: str) -> Path:
+    out = tmp_path / f"compressed-{name}"
+    result = CliRunner().invoke(app, ["factorize", str(tiny_model_dir(name)), "-o", str(out), "-r", "4"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_export_dense_loads_without_embcompress(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, tiny_ids: torch.Tensor
+) -> None:
+    child_args: list[str] = []
+    expected: list[torch.Tensor] = []
+    for name in EXPORTED:
+        src = compressed(tiny_model_dir, tmp_path, name)
+        before = hashes(src)
+        out = tmp_path / f"dense-{name}"
+        result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["format"] == "dense"
+        assert hashes(src) == before
+        assert "quantization_config" not in json.loads((out / "config.json").read_text())
+        with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+            assert not any(k.endswith((".codes", ".basis")) for k in handle.keys())  # noqa: SIM118
+        model = embcompress.load(src)
+        child_args += [str(out), type(model).__name__]
+        expected.append(forward_logits(model, tiny_ids))
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(tiny_ids.tolist()), *child_args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    children = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, child, logits in zip(EXPORTED, children, expected, strict=True):
+        assert child["embedding"] == "Embedding", name
+        diff = (torch.tensor(child["logits"]) - logits).abs().max().item()
+        assert diff < 1e-5, f"{name}: {diff}"
+
+
+def test_export_without_format_fails(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "llama-tied")
+    out = tmp_path / "dense"
+    result = CliRunner().invoke(app, ["export", str(src), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "error: choose an export format: --dense" in result.stderr
+    assert not out.exists()
+
+
+def test_export_of_dense_model_fails_cleanly(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = tiny_model_dir("llama-tied")
+    before = hashes(src)
+    out = tmp_path / "dense"
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "is not an embcompress checkpoint" in lines[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert hashes(src) == before
+
+
+def test_export_existing_output_needs_overwrite(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "llama-tied")
+    out = tmp_path / "dense"
+    out.mkdir()
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out)])
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
+    assert list(out.iterdir()) == []
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()
+
+
+def test_export_onto_its_input_refused(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "llama-tied")
+    before = hashes(src)
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(src), "--overwrite"])
+    assert result.exit_code == 2
+    assert f"error: output '{src}' overlaps the input '{src}'" in result.stderr
+    assert hashes(src) == before
+
+
+def test_export_of_damaged_checkpoint_fails_cleanly(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "llama-untied")
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors["lm_head.source.codes"] = tensors["lm_head.source.codes"][:, :2].contiguous()
+    save_file(tensors, str(src / "model.safetensors"))
+    out = tmp_path / "dense"
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out)])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "lm_head.source.codes [96, 2] (config says [96, 4])" in lines[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,100 @@
+"""Every method through the real pipeline: fit -> save -> from_pretrained / embcompress.load -> same logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from methods_helpers import METHOD_OPTIONS, single_thread, weights_for
+from safetensors.torch import load_file
+
+import embcompress
+from conftest import forward_logits, make_tiny
+from embcompress.checkpoint import WEIGHTS_NAME, save_model_files
+from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.methods import get_method, method_names
+from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+
+RANK = 4
+
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+def _compress(name: str, method: str, factor_dtype: str = "float32", rank: int = RANK) -> torch.nn.Module:
+    model = make_tiny(name)
+    options = FactorizeOptions(
+        method=method, rank=rank, factor_dtype=factor_dtype, method_options=METHOD_OPTIONS[method]
+    )
+    factorize_model(model, options, row_weights=weights_for(method))
+    return model
+
+
+def _assert_same_logits(a: torch.Tensor, b: torch.Tensor) -> None:
+    # Same stored tensors; only BLAS kernel choice (memory alignment of loaded tensors) may differ by ULPs.
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_all_methods_registered() -> None:
+    assert {"svd", "weighted-svd", "grouped", "nmf", "nonlinear"} <= set(method_names())
+    assert set(METHOD_OPTIONS) == set(method_names())
+
+
+@pytest.mark.parametrize("factor_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_save_reload_same_logits(method: str, factor_dtype: str, tmp_path: Path, tiny_ids: torch.Tensor) -> None:
+    model = _compress("llama-tied", method, factor_dtype)
+    expected = forward_logits(model, tiny_ids)
+    save_model_files(model, tmp_path)
+    stored = load_file(str(tmp_path / WEIGHTS_NAME))
+    for key, value in model.state_dict().items():
+        if key in stored:
+            assert torch.equal(stored[key], value.cpu()), key
+    module_class = get_method(method).module_class
+    for loaded in (
+        embcompress.load(tmp_path),
+        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval(),
+    ):
+        emb = loaded.get_input_embeddings()
+        assert type(emb) is module_class
+        assert loaded.lm_head.source is emb, "tied head must stay tied after reload"
+        if factor_dtype == "int8":
+            int8 = [n for n, p in emb.named_parameters() if p.dtype == torch.int8]
+            assert int8 and all(f"{n}_scale" in dict(emb.named_parameters()) for n in int8)
+        _assert_same_logits(forward_logits(loaded, tiny_ids), expected)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_untied_head_gets_own_factors(method: str, tmp_path: Path, tiny_ids: torch.Tensor) -> None:
+    model = _compress("llama-untied", method)
+    assert isinstance(model.lm_head, FactorizedLinear)
+    assert model.lm_head.source is not model.get_input_embeddings()
+    expected = forward_logits(model, tiny_ids)
+    save_model_files(model, tmp_path)
+    _assert_same_logits(forward_logits(embcompress.load(tmp_path), tiny_ids), expected)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_tied_stays_tied(method: str) -> None:
+    model = _compress("llama-tied", method)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, FactorizedEmbedding)
+    assert model.lm_head.source is emb
+    head_ids = {id(p) for p in model.lm_head.parameters()}
+    assert head_ids <= {id(p) for p in emb.parameters()}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_encoder_roundtrip(method: str, tmp_path: Path, tiny_ids: torch.Tensor) -> None:
+    model = _compress("bert-encoder", method)
+    expected = forward_logits(model, tiny_ids)
+    save_model_files(model, tmp_path)
+    _assert_same_logits(forward_logits(embcompress.load(tmp_path), tiny_ids), expected)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_densify_matches_factorized(method: str, tiny_ids: torch.Tensor) -> None:
+    model = _compress("llama-tied", method)
+    _assert_same_logits(forward_logits(embcompress.densify(model), tiny_ids), forward_logits(model, tiny_ids))
