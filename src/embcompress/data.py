@@ -164,3 +164,21 @@ def count_tokens(
         raise EmbcompressError("the frequency data holds no text (0 tokens after tokenization)")
     logger.info("counted %d tokens, %d distinct", seen, int((counts > 0).sum()))
     return counts
+
+
+def document_windows(tokenizer: Any, documents: Iterable[str], seq_len: int, batch: int = 64) -> Iterator[torch.Tensor]:
+    """One window per document, framed with the tokenizer's special tokens ([CLS] ... [SEP]) and
+    truncated to ``seq_len`` ids: the unit a sentence encoder embeds (no packing across documents)."""
+    buffer: list[str] = []
+
+    def flush() -> Iterator[torch.Tensor]:
+        encoded = tokenizer(buffer, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
+        buffer.clear()
+        yield from (torch.tensor(ids, dtype=torch.long) for ids in encoded if ids)
+
+    for doc in documents:
+        buffer.append(doc)
+        if len(buffer) >= batch:
+            yield from flush()
+    if buffer:
+        yield from flush()

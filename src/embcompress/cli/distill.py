@@ -1,0 +1,123 @@
+"""``embcompress distill``: recover the teacher's behaviour in a factorized student by KD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ..api import LoadOptions
+from ..distill import DistillConfig, DistillInterrupted, DistillResult, LossWeights, distill_checkpoint
+from . import app
+from ._common import RichReporter, fail, handle_errors, print_json, setup_logging, stdout
+
+
+def _layers(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        fail(f"--hidden-layers takes comma-separated integers, got '{value}'")
+        raise
+
+
+@app.command()
+@handle_errors
+def distill(
+    student: Path = typer.Argument(..., help="Compressed checkpoint folder (output of `embcompress factorize`)."),
+    teacher: str = typer.Option(..., "--teacher", "-t", help="The original model: folder, hub id, .gguf or alias."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the distilled checkpoint to."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Text file, folder, JSONL or parquet; none: data-free."
+    ),
+    text_field: str | None = typer.Option(None, help="Text field of JSONL/parquet records."),
+    steps: int | None = typer.Option(None, help="Optimiser steps budget."),
+    max_tokens: int | None = typer.Option(None, help="Training tokens budget."),
+    max_minutes: float | None = typer.Option(None, help="Wall-clock budget (default 30 when no budget is given)."),
+    batch_size: int = typer.Option(8, help="Sequences per micro-batch and process."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimiser step."),
+    seq_len: int = typer.Option(128, help="Tokens per sequence."),
+    lr: float = typer.Option(3e-3, help="Peak AdamW learning rate (warmup, then cosine decay)."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
+    train: str = typer.Option("factors", help="What trains: factors, factors+norms, all."),
+    temperature: float = typer.Option(2.0, help="KL temperature."),
+    kl_weight: float | None = typer.Option(None, help="KL weight (default 1 for LMs, 0 for encoders)."),
+    hidden_weight: float | None = typer.Option(None, help="Hidden-state weight (default 1 for encoders, else 0)."),
+    pooled_weight: float | None = typer.Option(None, help="Mean-pooled embedding weight (default 1 for encoders)."),
+    recon_weight: float | None = typer.Option(None, help="Reconstruction weight against the teacher matrix (0)."),
+    lm_weight: float | None = typer.Option(None, help="Plain LM loss weight (0)."),
+    hidden_layers: str = typer.Option("-1", help="Hidden layers matched by the hidden term (comma-separated)."),
+    hidden_loss: str = typer.Option("cosine", help="Hidden-state distance: cosine or mse."),
+    eval_every: int = typer.Option(50, help="Steps between held-out evaluations."),
+    eval_windows: int = typer.Option(32, help="Held-out sequences per evaluation."),
+    patience: int = typer.Option(5, help="Stop after this many evaluations without improvement (0: never)."),
+    checkpoint_every: int = typer.Option(100, help="Steps between training checkpoints."),
+    heldout_fraction: float = typer.Option(0.05, help="Share of documents held out for evaluation."),
+    cache_teacher: Path | None = typer.Option(None, help="Folder caching teacher top-k logits / hidden states."),
+    cache_top_k: int = typer.Option(64, help="Top-k logits kept per position when caching."),
+    sample_temperature: float = typer.Option(1.0, help="Data-free sampling temperature (causal teachers)."),
+    sample_top_p: float = typer.Option(0.95, help="Data-free nucleus sampling top-p."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last training checkpoint."),
+    keep_checkpoints: bool = typer.Option(
+        False, help="Keep the training checkpoints (<output>.distill/) after success."
+    ),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
+    seed: int = typer.Option(0, help="Seed of data order, masking and sampling."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace OUTPUT (and earlier checkpoints) if they exist."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library and transformers logs."),
+) -> None:
+    """Distil a factorized STUDENT towards its dense TEACHER (factors only by default)."""
+    setup_logging(verbose)
+    config = DistillConfig(
+        steps=steps,
+        max_tokens=max_tokens,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        seq_len=seq_len,
+        lr=lr,
+        weight_decay=weight_decay,
+        train=train,
+        weights=LossWeights(kl_weight, hidden_weight, pooled_weight, recon_weight, lm_weight),
+        temperature=temperature,
+        hidden_layers=_layers(hidden_layers),
+        hidden_loss=hidden_loss,
+        eval_every=eval_every,
+        eval_windows=eval_windows,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        heldout_fraction=heldout_fraction,
+        cache_top_k=cache_top_k,
+        sample_temperature=sample_temperature,
+        sample_top_p=sample_top_p,
+        text_field=text_field,
+        seed=seed,
+    )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    load = LoadOptions(gguf_file=gguf_file, device=dev)
+    try:
+        result = distill_checkpoint(
+            student, teacher, output, config, data, load, overwrite, resume, cache_teacher,
+            keep_state=keep_checkpoints, reporter=RichReporter(enabled=not json_out),
+        )  # fmt: skip
+    except DistillInterrupted as exc:
+        fail(str(exc), code=130)
+        return
+    if json_out:
+        print_json({**result.to_dict(), "output": str(output)})
+    else:
+        stdout.print(_summary_line(result))
+        stdout.print(f"wrote [bold]{output}[/]")
+
+
+def _summary_line(result: DistillResult) -> str:
+    keys = sorted(set(result.before) & set(result.after))
+    change = ", ".join(f"{k} {result.before[k]:.4g} -> {result.after[k]:.4g}" for k in keys)
+    return (
+        f"distilled {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f}s "
+        f"({result.tokens_per_second:.0f} tok/s, stop: {result.stop_reason}); eval on {result.eval_split}: {change}"
+    )

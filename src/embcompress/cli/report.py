@@ -1,0 +1,175 @@
+"""``embcompress report``: what compression cost, against the teacher and against int8/int4 quantization."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ..api import LoadOptions, load_source
+from ..checkpoint import load as load_compressed
+from ..checkpoint import read_compression_config
+from ..errors import CheckpointError, EmbcompressError
+from ..report import EvalOptions, ReportOptions, build_report, report_json, to_html, to_markdown
+from ..report.builder import SUMMARY_NAME, check_vocabularies
+from ..report.size import files_on_disk
+from ..report.tables import TableData, needs_text_note, report_tables
+from ..sources import load_model, load_tokenizer, resolve_source
+from . import app
+from ._common import RichReporter, console, handle_errors, setup_logging, stdout
+
+FORMATS = ("rich", "json", "markdown")
+
+
+def check_html_path(path: Path | None) -> None:
+    """Refuse an HTML output that cannot be written, before any work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise EmbcompressError(f"--html '{path}' is a folder; pass a file name such as report.html")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise EmbcompressError(f"cannot write --html '{path}': folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EmbcompressError(f"cannot write --html '{path}': permission denied")
+
+
+def write_html(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise EmbcompressError(f"cannot write --html '{path}': {exc.strerror or exc}") from None
+
+
+def _is_compressed(folder: Path) -> bool:
+    try:
+        read_compression_config(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
+def load_student(name: str, dtype: str, device: str) -> tuple[Any, Any, Path | None]:
+    """An embcompress checkpoint (verified load) or any model folder / alias; with its tokenizer and folder."""
+    folder = Path(name).expanduser()
+    if folder.is_dir() and _is_compressed(folder):
+        model = load_compressed(folder, dtype=LoadOptions(dtype=dtype).torch_dtype(), device=device)
+        source = resolve_source(str(folder))
+        return model, load_tokenizer(source), folder
+    source = resolve_source(name)
+    model = load_model(source, LoadOptions(dtype=dtype).torch_dtype(), device)
+    return model, load_tokenizer(source), source.path if source.kind == "local" else None
+
+
+def default_teacher(student_dir: Path | None) -> str:
+    """The ``source`` recorded in the student's ``embcompress.json``."""
+    import json
+
+    summary = student_dir / SUMMARY_NAME if student_dir else None
+    if summary is not None and summary.is_file():
+        source = json.loads(summary.read_text()).get("source")
+        if source:
+            return str(source)
+    raise EmbcompressError("no --teacher given and the student has no embcompress.json naming its source")
+
+
+def rich_table(data: TableData) -> Table:
+    table = Table(title=data.title, caption=data.caption or None, title_justify="left")
+    for i, col in enumerate(data.header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+@handle_errors
+def report(
+    student: str = typer.Argument(..., help="Compressed checkpoint folder (or any model folder / alias)."),
+    teacher: str | None = typer.Option(
+        None, "--teacher", "-t", help="Original model (folder, hub id, .gguf, alias); default: the student's source."
+    ),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Evaluation text: file, folder, JSONL or parquet."),
+    freq_data: Path | None = typer.Option(None, help="Text for token-frequency buckets (default: --data)."),
+    text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
+    fmt: str = typer.Option("rich", "--format", "-f", help="Output on stdout: rich, json or markdown."),
+    html_out: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    max_tokens: int = typer.Option(4096, help="Causal LM: tokens scored."),
+    max_docs: int = typer.Option(1000, help="Masked LM / encoder: documents (paragraphs) encoded."),
+    seq_len: int = typer.Option(128, help="Window (causal LM) or truncation length."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    speed: bool = typer.Option(True, help="Measure forward / head / lookup latency."),
+    repeats: int = typer.Option(5, help="Timed repetitions per latency (median reported)."),
+    threads: int | None = typer.Option(None, help="Torch CPU threads while timing (default: torch's)."),
+    seed: int = typer.Option(0, help="Seed of the masked-LM masking."),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
+    dtype: str = typer.Option("float32", help="Dtype both models are loaded in."),
+    device: str = typer.Option("cpu", help="Device: cpu, cuda, cuda:N."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Report what compressing STUDENT cost against TEACHER: size, fidelity, behaviour, speed, int8/int4."""
+    setup_logging(verbose)
+    if fmt not in FORMATS:
+        raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
+    check_html_path(html_out)
+    for name, value in (
+        ("max-tokens", max_tokens),
+        ("max-docs", max_docs),
+        ("seq-len", seq_len),
+        ("batch-size", batch_size),
+        ("repeats", repeats),
+    ):
+        if value <= 0:
+            raise EmbcompressError(f"--{name} must be a positive integer, got {value}")
+    reporter = RichReporter(enabled=fmt == "rich")
+    with reporter.stage(f"loading {student}"):
+        student_model, student_tok, student_dir = load_student(student, dtype, device)
+    teacher_name = teacher or default_teacher(student_dir)
+    source, teacher_model, teacher_tok = load_source(
+        teacher_name, LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device), reporter
+    )
+    check_vocabularies(student_tok, teacher_tok)
+    options = ReportOptions(
+        eval=EvalOptions(max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed),
+        speed=speed,
+        speed_repeats=repeats,
+        speed_threads=threads,
+        text_field=text_field,
+    )
+    result = build_report(
+        student_model,
+        teacher_model,
+        teacher_tok or student_tok,
+        data,
+        options,
+        freq_data=freq_data,
+        student_dir=student_dir,
+        student_name=student,
+        teacher_name=teacher_name,
+        teacher_disk=files_on_disk(source.path, source.gguf_file) if source.kind != "hub" else None,
+        reporter=reporter,
+    )
+    if html_out is not None:
+        write_html(html_out, to_html(result))
+    emit(result, fmt)
+    if html_out is not None and fmt == "rich":
+        console.print(f"wrote [bold]{html_out}[/]")
+
+
+def emit(result: dict[str, Any], fmt: str) -> None:
+    """Print the report on stdout in ``fmt``."""
+    if fmt == "json":
+        sys.stdout.write(report_json(result))
+    elif fmt == "markdown":
+        sys.stdout.write(to_markdown(result))
+    else:
+        stdout.print(f"[bold]{result['glance']['verdict']}[/]")
+        note = needs_text_note(result)
+        if note:
+            stdout.print(f"[yellow]{note}[/]")
+        for table in report_tables(result):
+            stdout.print(rich_table(table))

@@ -1,0 +1,114 @@
+"""What kind of model we distil, which parameters train, and forward helpers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import EmbcompressError
+from ..modules import FactorizedEmbedding, FactorizedLinear
+
+logger = logging.getLogger(__name__)
+
+
+def model_kind(model: nn.Module) -> str:
+    """``causal``, ``masked`` or ``encoder`` (a bare encoder such as ``BertModel``)."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise EmbcompressError(f"distill supports causal LMs, masked LMs and encoders, not encoder-decoder {name}")
+    if "ForCausalLM" in name or name.endswith("LMHeadModel"):
+        return "causal"
+    if "ForMaskedLM" in name:
+        return "masked"
+    if "For" not in name:
+        return "encoder"
+    raise EmbcompressError(f"distill supports causal LMs, masked LMs and bare encoders, not {name}")
+
+
+def factorized_sources(model: nn.Module) -> list[tuple[str, FactorizedEmbedding]]:
+    """The factor-owning modules: (role, module) for the input embedding and an untied head."""
+    found: list[tuple[str, FactorizedEmbedding]] = []
+    inp = model.get_input_embeddings()
+    if isinstance(inp, FactorizedEmbedding):
+        found.append(("input", inp))
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(out, FactorizedLinear) and all(out.source is not m for _, m in found):
+        found.append(("output", out.source))
+    return found
+
+
+def check_trainable_storage(model: nn.Module) -> None:
+    """Refuse int8-stored factors: they are frozen integers and cannot take gradient steps."""
+    for module in model.modules():
+        if isinstance(module, FactorizedEmbedding) and module.codes.dtype == torch.int8:
+            raise EmbcompressError(
+                "the student stores its factors as int8, which cannot be trained; factorize with "
+                "--factor-dtype float32, distil, then quantize the distilled checkpoint"
+            )
+
+
+def select_trainable(model: nn.Module, mode: str) -> list[str]:
+    """Freeze everything except ``mode``'s parameters; return the trainable parameter names."""
+    check_trainable_storage(model)
+    if not factorized_sources(model):
+        raise EmbcompressError("the student has no factorized embedding to train")
+    chosen: set[int] = set()
+    for module in model.modules():
+        wanted = isinstance(module, FactorizedEmbedding | FactorizedLinear)
+        wanted |= mode == "factors+norms" and "norm" in type(module).__name__.lower()
+        if wanted or mode == "all":
+            chosen.update(id(p) for p in module.parameters(recurse=False) if p.is_floating_point())
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(id(param) in chosen)
+        if id(param) in chosen:
+            names.append(name)
+    return names
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Teacher: eval mode, no parameter requires grad."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.eval()
+
+
+def factor_rows(module: FactorizedEmbedding, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of the approximated matrix, differentiable w.r.t. the factors."""
+    out = module._codes_rows(rows) @ module.factor("basis")
+    return out - module.offset.to(out.dtype) if module.offset is not None else out
+
+
+def max_positions(model: nn.Module) -> int | None:
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class Outputs:
+    """What the losses need from one forward pass."""
+
+    logits: torch.Tensor | None
+    hidden: list[torch.Tensor]
+    last_hidden: torch.Tensor | None
+
+
+def forward(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, kind: str, layers: tuple[int, ...], want_hidden: bool
+) -> Outputs:
+    """Run ``model`` and pick logits, the chosen hidden layers and the last hidden state."""
+    out: Any = model(input_ids=ids, attention_mask=mask, output_hidden_states=want_hidden)
+    states = out.hidden_states if want_hidden else None
+    hidden = [states[i] for i in layers] if states is not None else []
+    last = getattr(out, "last_hidden_state", None)
+    if last is None and states is not None:
+        last = states[-1]
+    return Outputs(getattr(out, "logits", None) if kind != "encoder" else None, hidden, last)

@@ -1,0 +1,286 @@
+"""``distill_checkpoint``: load student + teacher, validate, run the loop, write the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from ..api import LoadOptions, load_source
+from ..card import render_card
+from ..checkpoint import (
+    SUMMARY_NAME,
+    atomic_output_dir,
+    check_output_dir,
+    read_compression_config,
+    save_model_files,
+    write_json,
+)
+from ..checkpoint import load as load_compressed
+from ..data import corpus_files, iter_documents
+from ..errors import CheckpointError, EmbcompressError
+from ..progress import LoggingReporter, Reporter
+from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
+from .cache import TeacherCache
+from .config import DistillConfig
+from .model_utils import max_positions, model_kind
+from .trainer import LOG_NAME, Distiller, DistillResult, make_accelerator
+
+logger = logging.getLogger(__name__)
+
+
+def default_state_dir(out: Path) -> Path:
+    """Training checkpoints live beside the output: ``<out>.distill/``."""
+    return out.with_name(out.name + ".distill")
+
+
+def check_data(data: str | os.PathLike[str] | None, config: DistillConfig) -> None:
+    """Fail before loading any model on a missing, empty or non-text corpus."""
+    if data is None:
+        return
+    corpus_files(data)
+    if next(iter(iter_documents(data, config.text_field)), None) is None:
+        raise EmbcompressError(f"the data in '{data}' holds no text")
+
+
+def load_student(folder: str | os.PathLike[str], device: str) -> tuple[nn.Module, Any | None, dict[str, Any]]:
+    """The compressed student (strictly checked), its tokenizer if any, and its summary JSON."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise CheckpointError(f"student '{folder}' is not a folder; pass the output of `embcompress factorize`")
+    read_compression_config(path)
+    model = load_compressed(path, device=device)
+    tokenizer = None
+    if any((path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    summary_file = path / SUMMARY_NAME
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    return model, tokenizer, summary
+
+
+def check_pair(student: nn.Module, teacher: nn.Module, s_tok: Any | None, t_tok: Any | None) -> str:
+    """Refuse a teacher that does not match the student (kind, shapes, vocabulary, tokenizer)."""
+    kind, t_kind = model_kind(student), model_kind(teacher)
+    if kind != t_kind:
+        raise EmbcompressError(f"student is a {kind} model ({type(student).__name__}) but the teacher is {t_kind}")
+    s_cfg, t_cfg = student.config, teacher.config
+    for name in ("vocab_size", "hidden_size"):
+        if getattr(s_cfg, name, None) != getattr(t_cfg, name, None):
+            raise EmbcompressError(
+                f"teacher/student {name} mismatch: student {getattr(s_cfg, name, None)}, "
+                f"teacher {getattr(t_cfg, name, None)}; pass the model the student was factorized from"
+            )
+    if t_tok is None and s_tok is None:
+        raise EmbcompressError("neither the student nor the teacher has a tokenizer")
+    if s_tok is not None and t_tok is not None and s_tok.get_vocab() != t_tok.get_vocab():
+        raise EmbcompressError("teacher/student tokenizer mismatch: the vocabularies differ")
+    return kind
+
+
+def check_seq_len(model: nn.Module, config: DistillConfig) -> None:
+    limit = max_positions(model)
+    if limit is not None and config.seq_len > limit:
+        raise EmbcompressError(f"--seq-len {config.seq_len} is larger than the model's {limit} positions")
+
+
+def prepare_state_dir(state_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    if state_dir.exists() and not resume:
+        if not overwrite:
+            raise EmbcompressError(
+                f"training checkpoints of an earlier run exist in '{state_dir}'; pass --resume to continue "
+                "it or --overwrite to start over"
+            )
+        if is_main:
+            shutil.rmtree(state_dir)
+
+
+def make_sampler(teacher: nn.Module, tokenizer: Any, config: DistillConfig) -> Any:
+    """``sample(prompt, seed) -> ids``: nucleus sampling from the teacher (see ``SampledBatches``)."""
+    gen_cfg = transformers.GenerationConfig(
+        do_sample=True,
+        temperature=config.sample_temperature,
+        top_p=config.sample_top_p,
+        top_k=0,
+        max_new_tokens=config.seq_len - 1,
+        min_new_tokens=config.seq_len - 1,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    device = next(teacher.parameters()).device
+
+    @torch.no_grad()
+    def sample(prompt: torch.Tensor, seed: int) -> torch.Tensor:
+        prompt = prompt.to(device)
+        return teacher.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gen_cfg)
+
+    return sample
+
+
+def build_batches(
+    kind: str, data: Any, tokenizer: Any, teacher: nn.Module, config: DistillConfig, rank: int, world: int
+) -> tuple[Any, list[Batch], str]:
+    """Training batch source, held-out batches and the held-out split's name."""
+    if data is not None:
+        source: Any = CorpusBatches(data, tokenizer, config, per_document=kind == "encoder", rank=rank, world=world)
+    elif kind == "causal":
+        source = SampledBatches(make_sampler(teacher, tokenizer, config), tokenizer, config, rank, world)
+    else:
+        source = RandomTokenBatches(tokenizer, teacher.config.vocab_size, config, rank, world)
+    eval_batches, split = source.heldout(config.eval_windows)
+    return source, eval_batches, split
+
+
+def distill_checkpoint(
+    student: str | os.PathLike[str],
+    teacher: str,
+    out: str | os.PathLike[str],
+    config: DistillConfig,
+    data: str | os.PathLike[str] | None = None,
+    load: LoadOptions | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    keep_state: bool = False,
+    reporter: Reporter | None = None,
+) -> DistillResult:
+    """Distil the factorized student at ``student`` towards ``teacher`` and write ``out``.
+
+    Everything that can be checked without training (options, output, data, models, vocab,
+    sequence length) is checked first; the output is written atomically at the end.
+    """
+    reporter = reporter or LoggingReporter()
+    load = load or LoadOptions(device="cuda" if torch.cuda.is_available() else "cpu")
+    config = config.with_default_budget()
+    config.validate()
+    config.data_free = data is None
+    out_path = Path(out)
+    check_output_dir(out_path, overwrite)
+    if cache_dir is not None and data is None:
+        raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
+    check_data(data, config)
+    if not Path(student).is_dir():
+        raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
+    read_compression_config(Path(student))
+    accelerator = make_accelerator(load.device)
+    states = Path(state_dir) if state_dir else default_state_dir(out_path)
+    prepare_state_dir(states, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    with reporter.stage(f"loading student {student}"):
+        s_model, s_tok, s_summary = load_student(student, "cpu")
+    _source, t_model, t_tok = load_source(teacher, LoadOptions(**{**load.__dict__, "device": "cpu"}), reporter)
+    kind = check_pair(s_model, t_model, s_tok, t_tok)
+    check_seq_len(s_model, config)
+    tokenizer = s_tok or t_tok
+    rank, world = accelerator.process_index, accelerator.num_processes
+    t_model = t_model.to(accelerator.device)
+    batches, eval_batches, split = build_batches(kind, data, tokenizer, t_model, config, rank, world)
+    cache = None
+    if cache_dir is not None:
+        fingerprint = {"teacher": teacher, "data": str(data), "world": world, **config.to_dict()}
+        cache = TeacherCache(Path(cache_dir), {k: fingerprint[k] for k in _CACHE_KEYS}, rank)
+    distiller = Distiller(
+        s_model,
+        t_model,
+        tokenizer,
+        config,
+        kind,
+        batches,
+        eval_batches,
+        split,
+        accelerator,
+        states,
+        resume=resume,
+        reporter=reporter,
+        cache=cache,
+    )
+    result = distiller.train()
+    if accelerator.is_main_process:
+        summary = _summary(s_summary, result, config, student, teacher, data)
+        with reporter.stage(f"writing {out_path}"):
+            write_output(distiller.student, out_path, Path(student), tokenizer, summary, overwrite, states)
+        if not keep_state:
+            shutil.rmtree(states, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return result
+
+
+_CACHE_KEYS = (
+    "teacher",
+    "data",
+    "world",
+    "batch_size",
+    "seq_len",
+    "seed",
+    "heldout_fraction",
+    "shuffle_buffer",
+    "text_field",
+    "cache_top_k",
+    "hidden_layers",
+    "mlm_probability",
+)
+
+
+def _summary(
+    student_summary: dict[str, Any],
+    result: DistillResult,
+    config: DistillConfig,
+    student: Any,
+    teacher: str,
+    data: Any,
+) -> dict[str, Any]:
+    base = {k: v for k, v in student_summary.items() if k != "embcompress_version"}
+    distill = {
+        **result.to_dict(),
+        "config": config.to_dict(),
+        "student": str(student),
+        "teacher": teacher,
+        "data": str(data) if data is not None else None,
+        "weights": config.weights.resolved(result.kind),
+    }
+    return {**base, "distill": distill}
+
+
+def write_output(
+    model: nn.Module,
+    out: Path,
+    student_dir: Path,
+    tokenizer: Any,
+    summary: dict[str, Any],
+    overwrite: bool,
+    states: Path,
+) -> None:
+    """Atomically write the distilled checkpoint (same format as ``factorize``) with its log."""
+    with atomic_output_dir(out, overwrite) as tmp:
+        save_model_files(model, tmp, student_dir, tokenizer)
+        write_json(tmp / SUMMARY_NAME, summary)
+        if (states / LOG_NAME).is_file():
+            shutil.copy(states / LOG_NAME, tmp / LOG_NAME)
+        (tmp / "README.md").write_text(_card(model, summary))
+
+
+def _card(model: nn.Module, summary: dict[str, Any]) -> str:
+    d = summary["distill"]
+    head = ""
+    if all(k in summary for k in ("method", "modules", "params_before", "params_after")):
+        head = render_card(str(summary.get("source", d["student"])), type(model).__name__, summary)
+    lines = [
+        "",
+        "## Distillation",
+        "",
+        f"Distilled from `{d['teacher']}` for {d['steps']} steps / {d['tokens']:,} tokens "
+        f"({'data-free' if d['data'] is None else d['data']}); stop: {d['stop_reason']}, best step {d['best_step']}.",
+        "",
+        f"Held-out ({d['eval_split']}) before: {json.dumps(d['before'], sort_keys=True)}",
+        "",
+        f"Held-out after: {json.dumps(d['after'], sort_keys=True)}",
+        "",
+    ]
+    return head + "\n".join(lines)

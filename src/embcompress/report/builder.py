@@ -1,0 +1,476 @@
+"""Assemble the report: size, matrix fidelity, behaviour, speed, int8/int4 references, provenance."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from ..checkpoint import SUMMARY_NAME, write_json
+from ..data import count_tokens, iter_documents
+from ..errors import EmbcompressError
+from ..methods.svd import singular_values
+from ..progress import LoggingReporter, Reporter
+from ..quant import fake_quantize_rows
+from ..summary import energy_curve
+from ..surgery import find_targets
+from ..version import __version__
+from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
+from .buckets import bucket_summary, frequency_buckets
+from .evalset import EvalOptions, build_eval_set, detect_task
+from .fidelity import matrix_fidelity, quantized_rows, rows_of
+from .size import files_on_disk, model_size, module_size, quantized_embedding_bytes
+from .speed import measure_speed
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REPORT_NAME = "embcompress-report.json"
+TEXT_METRICS = ("behaviour", "speed", "weighted_relative_error", "by_bucket")
+
+
+@dataclass
+class ReportOptions:
+    """What to measure.
+
+    Attributes:
+        eval: Size and batching of the evaluation text.
+        speed: Measure latencies (needs text for the batch).
+        speed_repeats: Timed repetitions (median reported).
+        speed_threads: Torch CPU threads while timing (``None``: leave as is).
+        reference_bits: Per-row quantization widths of the reference rows.
+        freq_max_tokens: Tokens counted for the frequency buckets (``None``: all).
+        text_field: Field / column holding the text in JSONL / parquet data.
+    """
+
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    speed: bool = True
+    speed_repeats: int = 5
+    speed_threads: int | None = None
+    reference_bits: tuple[int, ...] = (8, 4)
+    freq_max_tokens: int | None = 2_000_000
+    text_field: str | None = None
+
+
+@dataclass
+class Evaluation:
+    """Text-derived inputs computed once and shared by the student, the references and a sweep."""
+
+    task: str | None
+    counts: torch.Tensor | None = None
+    buckets: torch.Tensor | None = None
+    teacher: TeacherOutputs | None = None
+    special_ids: list[int] = field(default_factory=list)
+    data: dict[str, Any] | None = None
+
+
+def _docs(path: str | Path, options: ReportOptions) -> Iterable[str]:
+    return iter_documents(path, options.text_field)
+
+
+def prepare_evaluation(
+    teacher: nn.Module,
+    tokenizer: Any,
+    data: str | Path | None,
+    options: ReportOptions,
+    freq_data: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> Evaluation:
+    """Token counts, frequency buckets, evaluation batches and teacher outputs (computed once)."""
+    reporter = reporter or LoggingReporter()
+    task = detect_task(teacher)
+    counts_path = freq_data or data
+    if counts_path is None:
+        return Evaluation(task)
+    if tokenizer is None:
+        raise EmbcompressError("metrics on text need a tokenizer; neither the student nor the teacher folder has one")
+    vocab = teacher.get_input_embeddings().weight.shape[0]
+    with reporter.stage("counting tokens"):
+        try:
+            counts = count_tokens(tokenizer, _docs(counts_path, options), vocab, options.freq_max_tokens)
+        except EmbcompressError as exc:
+            raise EmbcompressError(f"{exc} ('{counts_path}'); pass a --data file with text") from None
+    buckets = frequency_buckets(counts)
+    info: dict[str, Any] = {
+        "path": str(data) if data is not None else None,
+        "freq_path": str(counts_path),
+        "frequency_tokens": int(counts.sum()),
+        "buckets": bucket_summary(counts, buckets),
+    }
+    evaluation = Evaluation(task, counts, buckets, special_ids=list(tokenizer.all_special_ids), data=info)
+    if data is None or task is None:
+        return evaluation
+    eval_set = build_eval_set(task, tokenizer, _docs(data, options), options.eval)
+    info["eval"] = eval_set.describe()
+    with reporter.stage("teacher outputs", total=len(eval_set.batches)):
+        evaluation.teacher = teacher_outputs(teacher, eval_set, options.eval.neighbours, reporter.advance)
+    return evaluation
+
+
+# -- matrices ---------------------------------------------------------------------------------------
+@dataclass
+class MatrixPair:
+    """One original matrix of the teacher and the module holding its replacement in the student."""
+
+    role: str
+    path: str
+    original: torch.Tensor
+    dense_module: nn.Module
+    student_module: nn.Module
+    tied: bool
+
+
+def _student_tied(student: nn.Module) -> bool:
+    inp, out = student.get_input_embeddings(), student.get_output_embeddings()
+    if out is None:
+        return False
+    if getattr(out, "source", None) is inp:
+        return True
+    return getattr(out, "weight", None) is not None and out.weight is getattr(inp, "weight", None)
+
+
+def matrix_pairs(teacher: nn.Module, student: nn.Module) -> list[MatrixPair]:
+    """Pair the teacher's embedding matrices with the student's modules; refuse mismatched shapes."""
+    found = find_targets(teacher)
+    s_in = student.get_input_embeddings()
+    s_rows = getattr(s_in, "num_embeddings", None)
+    if s_rows != found.vocab_size or getattr(s_in, "embedding_dim", None) != found.hidden_size:
+        raise EmbcompressError(
+            f"student and teacher embeddings differ: student {s_rows}x{getattr(s_in, 'embedding_dim', '?')}, "
+            f"teacher {found.vocab_size}x{found.hidden_size}; pass the teacher the student was compressed from"
+        )
+    pairs = [MatrixPair("input", found.input_path, found.input_module.weight.detach(), found.input_module, s_in, False)]
+    s_out = student.get_output_embeddings()
+    if found.output_module is not None and s_out is not None:
+        tied = found.tied and _student_tied(student)
+        weight = found.output_module.weight.detach()
+        pairs.append(MatrixPair("output", found.output_path or "", weight, found.output_module, s_out, tied))
+    return pairs
+
+
+def check_vocabularies(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
+    """Refuse a student whose tokenizer maps tokens to different ids than the teacher's."""
+    if student_tokenizer is None or teacher_tokenizer is None:
+        return
+    a, b = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if a != b:
+        diff = next((tok for tok in sorted(set(a) | set(b)) if a.get(tok) != b.get(tok)), "?")
+        raise EmbcompressError(
+            f"student and teacher tokenizers differ (student {len(a)} tokens, teacher {len(b)}; first difference "
+            f"at token {diff!r}); pass the teacher the student was compressed from"
+        )
+
+
+# -- sections ---------------------------------------------------------------------------------------
+def size_section(
+    teacher: nn.Module, student: nn.Module, pairs: list[MatrixPair], student_dir: Path | None, teacher_disk: Any
+) -> dict[str, Any]:
+    modules = [module_size(p.role, p.path, p.dense_module, p.student_module, p.tied) for p in pairs]
+    before = sum(m["bytes_before"] for m in modules)
+    after = sum(m["bytes_after"] for m in modules)
+    t_size, s_size = model_size(teacher), model_size(student)
+    extra = sum(m["runtime_extra_bytes"] for m in modules)
+    serving_s = s_size["resident_bytes"] + extra
+    return {
+        "modules": modules,
+        "embedding": {
+            "params_before": sum(m["params_before"] for m in modules),
+            "params_after": sum(m["params_after"] for m in modules),
+            "bytes_before": before,
+            "bytes_after": after,
+            "ratio": before / after if after else None,
+        },
+        "model": {"teacher": t_size, "student": s_size, "ratio": t_size["bytes"] / max(s_size["bytes"], 1)},
+        "disk": {"teacher": teacher_disk, "student": files_on_disk(student_dir)},
+        "serving": {
+            "teacher_bytes": t_size["resident_bytes"],
+            "student_bytes": serving_s,
+            "student_runtime_extra_bytes": extra,
+            "ratio": t_size["resident_bytes"] / max(serving_s, 1),
+        },
+    }
+
+
+def fidelity_section(pairs: list[MatrixPair], evaluation: Evaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if p.tied:
+            out[p.role] = {"tied_to_input": True}
+            continue
+        out[p.role] = matrix_fidelity(p.original, rows_of(p.student_module), evaluation.counts, evaluation.buckets)
+    return out
+
+
+def quantized_copy(teacher: nn.Module, bits: int) -> nn.Module:
+    """A copy of ``teacher`` whose embedding matrices are per-row ``bits``-bit quantized (then de-quantized)."""
+    model = copy.deepcopy(teacher)
+    found = find_targets(model)
+    modules = [found.input_module] + ([found.output_module] if found.output_module is not None else [])
+    done: set[int] = set()
+    with torch.no_grad():
+        for module in modules:
+            if id(module.weight) not in done:
+                module.weight.copy_(fake_quantize_rows(module.weight.detach(), bits))
+                done.add(id(module.weight))
+    return model
+
+
+def _quantized_fidelity(pairs: list[MatrixPair], bits: int, teacher_tied: bool, ev: Evaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if p.role == "output" and teacher_tied:
+            out[p.role] = {"tied_to_input": True}
+        else:
+            out[p.role] = matrix_fidelity(p.original, quantized_rows(p.original, bits), ev.counts, ev.buckets)
+    return out
+
+
+def reference_rows(
+    teacher: nn.Module, pairs: list[MatrixPair], evaluation: Evaluation, options: ReportOptions, reporter: Reporter
+) -> list[dict[str, Any]]:
+    """The same metrics for per-row int8 / int4 quantization of all the teacher's embedding matrices."""
+    teacher_tied = find_targets(teacher).tied
+    stored = [p.original for p in pairs if not (teacher_tied and p.role == "output")]
+    before = sum(m.numel() * m.element_size() for m in stored)
+    rows, cols = pairs[0].original.shape
+    out = []
+    for bits in options.reference_bits:
+        nbytes = quantized_embedding_bytes(rows, cols, bits, len(stored))
+        row: dict[str, Any] = {
+            "name": f"int{bits}",
+            "bits": bits,
+            "embedding_bytes": nbytes,
+            "ratio": before / nbytes,
+            "fidelity": _quantized_fidelity(pairs, bits, teacher_tied, evaluation),
+            "behaviour": None,
+        }
+        if evaluation.teacher is not None:
+            with reporter.stage(f"int{bits} reference", total=len(evaluation.teacher.per_batch)):
+                model = quantized_copy(teacher, bits)
+                row["behaviour"] = compare(
+                    model, evaluation.teacher, evaluation.buckets, evaluation.special_ids, reporter.advance
+                )
+                del model
+        out.append(row)
+    return out
+
+
+def primary_value(
+    task: str | None, behaviour: dict[str, Any] | None, fidelity: dict[str, Any]
+) -> tuple[str, bool, Any]:
+    """``(metric, higher_is_better, value)`` of the one number compared at a glance."""
+    if behaviour is not None and task in PRIMARY_METRIC:
+        key, higher = PRIMARY_METRIC[task]
+        return key, higher, behaviour.get(key)
+    return "relative_error", False, fidelity["input"].get("relative_error")
+
+
+def _better_eq(a: float, b: float, higher: bool) -> bool:
+    return a >= b if higher else a <= b
+
+
+def glance_section(report: dict[str, Any]) -> dict[str, Any]:
+    """Student vs each reference: embedding bytes and the primary metric, with a one-line verdict."""
+    metric, higher, value = primary_value(report["task"], report["behaviour"], report["fidelity"])
+    size = report["size"]["embedding"]
+    rows = [
+        {"name": "original", "embedding_bytes": size["bytes_before"], "value": None},
+        {"name": "student", "embedding_bytes": size["bytes_after"], "value": value},
+    ]
+    for ref in report["references"]:
+        rows.append(
+            {
+                "name": ref["name"],
+                "embedding_bytes": ref["embedding_bytes"],
+                "value": primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2],
+            }
+        )
+    return {"metric": metric, "higher_is_better": higher, "rows": rows, "verdict": verdict(rows[1], rows[2:], higher)}
+
+
+def verdict(student: dict[str, Any], refs: list[dict[str, Any]], higher: bool) -> str:
+    """Plain-language comparison of the student with the quantization references."""
+    if student["value"] is None or not refs:
+        return "no comparison available"
+    b, v = student["embedding_bytes"], student["value"]
+    beaten_by = [r["name"] for r in refs if r["embedding_bytes"] <= b and _better_eq(r["value"], v, higher)]
+    if beaten_by:
+        names = " and ".join(beaten_by)
+        return f"{names} quantization is at least as good at no more bytes: factorization did not pay off"
+    beats = [r["name"] for r in refs if b <= r["embedding_bytes"] and _better_eq(v, r["value"], higher)]
+    if beats:
+        return f"factorization beats {' and '.join(beats)} quantization at equal or fewer bytes"
+    smaller = [r["name"] for r in refs if b < r["embedding_bytes"]]
+    if smaller:
+        return f"trade-off: smaller than {' and '.join(smaller)} but worse; no quantization point dominates"
+    return "trade-off: better than the smaller quantization points but larger; no point dominates"
+
+
+def spectrum_section(pairs: list[MatrixPair], max_points: int = 4096) -> dict[str, Any]:
+    """Singular values and energy curve of each original (untied) matrix, with the student's rank."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if p.tied or (p.role == "output" and p.original.data_ptr() == pairs[0].original.data_ptr()):
+            continue
+        s = singular_values(p.original)
+        out[p.role] = {
+            "singular_values": [float(f"{v:.5g}") for v in s[:max_points]],
+            "energy": [float(f"{v:.5g}") for v in energy_curve(s)[:max_points]],
+            "rank": getattr(getattr(p.student_module, "source", p.student_module), "rank", None),
+        }
+    return out
+
+
+def _summary_file(student_dir: Path | None) -> dict[str, Any] | None:
+    if student_dir is None or not (student_dir / SUMMARY_NAME).is_file():
+        return None
+    try:
+        return json.loads((student_dir / SUMMARY_NAME).read_text())
+    except json.JSONDecodeError:
+        logger.warning("%s in %s is not valid JSON; provenance left out", SUMMARY_NAME, student_dir)
+        return None
+
+
+def versions() -> dict[str, str]:
+    return {
+        "embcompress": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def provenance_section(student: nn.Module, student_dir: Path | None, options: ReportOptions) -> dict[str, Any]:
+    """Method, ranks, dtypes and distillation summary (from ``embcompress.json`` / config), versions, seed."""
+    qc = getattr(student.config, "quantization_config", None)
+    config = getattr(qc, "compression", None)
+    if config is None and isinstance(qc, dict) and qc.get("quant_method") == "embcompress":
+        from ..config import CompressionConfig
+
+        config = CompressionConfig.from_dict(qc)
+    summary = _summary_file(student_dir)
+    out: dict[str, Any] = {"compressed": config is not None, "versions": versions(), "report_seed": options.eval.seed}
+    if config is not None:
+        out.update(
+            method=config.method,
+            seed=config.seed,
+            modules=[
+                {
+                    "path": m.path,
+                    "role": m.role,
+                    "method": m.method,
+                    "rank": m.rank,
+                    "factor_dtype": m.factor_dtype,
+                    "tied_to": m.tied_to,
+                    "options": m.options,
+                }
+                for m in config.modules
+            ],
+        )
+    if summary is not None:
+        out["summary"] = {k: summary.get(k) for k in ("source", "options", "embcompress_version") if k in summary}
+        distill = {k: v for k, v in summary.items() if "distill" in k}
+        out["distillation"] = distill or None
+    return out
+
+
+# -- entry point ------------------------------------------------------------------------------------
+def build_report(
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer: Any = None,
+    data: str | Path | None = None,
+    options: ReportOptions | None = None,
+    *,
+    freq_data: str | Path | None = None,
+    student_dir: str | Path | None = None,
+    student_name: str | None = None,
+    teacher_name: str | None = None,
+    teacher_disk: dict[str, Any] | None = None,
+    evaluation: Evaluation | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, as a JSON-ready dict (schema: ``docs/report.md``).
+
+    ``teacher`` is the original dense model; ``student`` the compressed (or any other) model with
+    the same vocabulary. Without ``data`` only size and matrix fidelity are measured (plus
+    frequency-bucket splits when ``freq_data`` is given); ``needs_text`` then lists what was skipped.
+    A prepared ``evaluation`` (see :func:`prepare_evaluation`) is reused instead of recomputed.
+    """
+    options = options or ReportOptions()
+    reporter = reporter or LoggingReporter()
+    folder = Path(student_dir) if student_dir is not None else None
+    pairs = matrix_pairs(teacher, student)
+    if evaluation is None:
+        evaluation = prepare_evaluation(teacher, tokenizer, data, options, freq_data, reporter)
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "embcompress_version": __version__,
+        "student": {"name": student_name or (str(folder) if folder else None), "architecture": type(student).__name__},
+        "teacher": {"name": teacher_name, "architecture": type(teacher).__name__},
+        "task": evaluation.task,
+        "data": evaluation.data,
+    }
+    with reporter.stage("size and matrix fidelity"):
+        report["size"] = size_section(teacher, student, pairs, folder, teacher_disk)
+        report["fidelity"] = fidelity_section(pairs, evaluation)
+        report["spectrum"] = spectrum_section(pairs)
+    report["behaviour"] = report["speed"] = None
+    if evaluation.teacher is not None:
+        with reporter.stage("student outputs", total=len(evaluation.teacher.per_batch)):
+            report["behaviour"] = compare(
+                student, evaluation.teacher, evaluation.buckets, evaluation.special_ids, reporter.advance
+            )
+        if options.speed:
+            with reporter.stage("timing"):
+                batch = evaluation.teacher.eval_set.batches[0]
+                report["speed"] = measure_speed(teacher, student, batch, options.speed_repeats, options.speed_threads)
+    report["references"] = reference_rows(teacher, pairs, evaluation, options, reporter)
+    report["glance"] = glance_section(report)
+    report["provenance"] = provenance_section(student, folder, options)
+    report["needs_text"] = needs_text(report, evaluation)
+    return report
+
+
+def needs_text(report: dict[str, Any], evaluation: Evaluation) -> list[str]:
+    """Metrics left out because no (suitable) text was given."""
+    missing = []
+    if evaluation.counts is None:
+        missing += ["fidelity.weighted_relative_error", "fidelity.by_bucket"]
+    if evaluation.teacher is None:
+        if evaluation.task is None:
+            missing.append(f"behaviour (not supported for {report['teacher']['architecture']})")
+        else:
+            missing += ["behaviour", "speed", "references.behaviour"]
+    return missing
+
+
+def write_report(folder: str | Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` as ``embcompress-report.json`` into a checkpoint folder (sorted keys, package version)."""
+    path = Path(folder) / REPORT_NAME
+    write_json(path, report)
+    return path
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """The report as JSON text: sorted keys, NaN/inf written as null."""
+    return json.dumps(_finite(report), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,150 @@
+"""Matplotlib figures rendered to inline SVG text (the HTML stays one self-contained file)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from .buckets import BUCKETS
+
+
+def to_svg(fig: Figure) -> str:
+    """The figure as an ``<svg>`` element (XML prolog stripped); the figure is closed."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def spectrum_figure(spectrum: dict[str, Any]) -> str | None:
+    """Singular values (log scale) and cumulative energy of each original matrix, with the student's rank."""
+    if not spectrum:
+        return None
+    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for role, spec in spectrum.items():
+        ranks = range(1, len(spec["singular_values"]) + 1)
+        ax_s.semilogy(ranks, spec["singular_values"], label=f"{role} matrix")
+        ax_e.plot(ranks, spec["energy"], label=f"{role} matrix")
+        if spec.get("rank"):
+            for ax in (ax_s, ax_e):
+                ax.axvline(spec["rank"], color="tab:red", linestyle="--", linewidth=1)
+            kept = spec["energy"][min(spec["rank"], len(spec["energy"])) - 1]
+            ax_e.annotate(
+                f"r={spec['rank']}: {kept:.0%}",
+                (spec["rank"], kept),
+                textcoords="offset points",
+                xytext=(6, -12),
+                color="tab:red",
+            )
+    ax_s.set(title="Singular values", xlabel="index", ylabel="singular value")
+    ax_e.set(title="Energy kept by rank", xlabel="rank", ylabel="share of squared Frobenius norm", ylim=(0, 1.02))
+    for ax in (ax_s, ax_e):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    return to_svg(fig)
+
+
+def _grouped_bars(title: str, ylabel: str, series: dict[str, list[float | None]], log: bool = False) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(BUCKETS))]
+        ax.bar(xs, [v if v is not None else 0.0 for v in values], width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(BUCKETS))], list(BUCKETS))
+    ax.set(title=title, ylabel=ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_svg(fig)
+
+
+def bucket_error_figure(report: dict[str, Any]) -> str | None:
+    """Relative error of the input matrix per frequency bucket: student vs the quantization references."""
+    if not report["fidelity"]["input"].get("by_bucket"):
+        return None
+    series = {"student": [report["fidelity"]["input"]["by_bucket"][b]["relative_error"] for b in BUCKETS]}
+    for ref in report["references"]:
+        series[ref["name"]] = [ref["fidelity"]["input"]["by_bucket"][b]["relative_error"] for b in BUCKETS]
+    return _grouped_bars("Input-matrix relative error by token frequency", "relative error", series)
+
+
+def bucket_behaviour_figure(report: dict[str, Any]) -> str | None:
+    """The task's per-bucket behaviour metric (KL for LMs, hidden-state cosine for encoders)."""
+    beh = report["behaviour"]
+    if beh is None or not beh.get("by_bucket"):
+        return None
+    key = "hidden_cosine" if report["task"] == "encoder" else "kl"
+    series = {"student": [beh["by_bucket"][b].get(key) for b in BUCKETS]}
+    for ref in report["references"]:
+        if ref["behaviour"]:
+            series[ref["name"]] = [ref["behaviour"]["by_bucket"][b].get(key) for b in BUCKETS]
+    label = "hidden-state cosine to the teacher" if key == "hidden_cosine" else "KL(teacher || variant), nats"
+    return _grouped_bars(f"Behaviour by frequency bucket ({key})", label, series, log=key == "kl")
+
+
+def pareto_figure(sweep: dict[str, Any]) -> str:
+    """Quality vs embedding bytes for every sweep point, the Pareto front, and the int8/int4 points."""
+    metric, higher = sweep["metric"], sweep["higher_is_better"]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    methods = sorted({p["method"] for p in sweep["points"] if p.get("value") is not None})
+    for marker, method in zip("osD^v<>ph", methods, strict=False):
+        pts = [p for p in sweep["points"] if p["method"] == method and p.get("value") is not None]
+        ax.scatter([p["embedding_bytes"] / 1e6 for p in pts], [p["value"] for p in pts], marker=marker, label=method)
+        for p in pts:
+            ax.annotate(
+                p["label"],
+                (p["embedding_bytes"] / 1e6, p["value"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    refs = [r for r in sweep["references"] if r.get("value") is not None]
+    ax.scatter(
+        [r["embedding_bytes"] / 1e6 for r in refs],
+        [r["value"] for r in refs],
+        marker="*",
+        s=160,
+        color="black",
+        label="per-row quantization",
+        zorder=3,
+    )
+    for r in refs:
+        ax.annotate(
+            r["method"],
+            (r["embedding_bytes"] / 1e6, r["value"]),
+            fontsize=9,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
+    front = sorted(
+        (p for p in sweep["points"] + sweep["references"] if p.get("pareto")), key=lambda p: p["embedding_bytes"]
+    )
+    if front:
+        ax.step(
+            [p["embedding_bytes"] / 1e6 for p in front],
+            [p["value"] for p in front],
+            where="post",
+            color="tab:red",
+            linewidth=1.2,
+            label="Pareto front",
+        )
+    ax.axvline(sweep["original_bytes"] / 1e6, color="grey", linestyle=":", label="original size")
+    values = [p["value"] for p in sweep["points"] + refs if p.get("value") is not None]
+    if not higher and values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")  # perplexity ratios span decades
+    ax.set(
+        xlabel="embedding bytes (MB)",
+        ylabel=f"{metric} ({'higher' if higher else 'lower'} is better)",
+        title="Quality vs size",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_svg(fig)

@@ -1,0 +1,72 @@
+"""Wall-clock latency of the teacher and the student on the same batch, and of the head / lookup alone."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _pair(teacher_s: float, student_s: float) -> dict[str, float]:
+    return {"teacher_ms": teacher_s * 1e3, "student_ms": student_s * 1e3, "ratio": student_s / max(teacher_s, 1e-12)}
+
+
+def measure_speed(
+    teacher: nn.Module,
+    student: nn.Module,
+    batch: dict[str, torch.Tensor],
+    repeats: int = 5,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Forward latency of both models on ``batch``; LM-head and embedding-lookup latency alone.
+
+    ``ratio`` is student time / teacher time (below 1: the student is faster). ``threads`` sets the
+    torch CPU threads for the measurement only (on a busy shared CPU, 1 thread gives steadier small-op
+    timings: a multi-threaded lookup waits for a second core).
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(teacher, student, batch, repeats)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(teacher: nn.Module, student: nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> dict[str, Any]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out: dict[str, Any] = {"batch_shape": list(ids.shape), "repeats": repeats, "threads": torch.get_num_threads()}
+    out["forward"] = _pair(
+        median_seconds(lambda: teacher(input_ids=ids, attention_mask=mask), repeats),
+        median_seconds(lambda: student(input_ids=ids, attention_mask=mask), repeats),
+    )
+    emb_t, emb_s = teacher.get_input_embeddings(), student.get_input_embeddings()
+    out["embedding_lookup"] = _pair(
+        median_seconds(lambda: emb_t(ids), repeats), median_seconds(lambda: emb_s(ids), repeats)
+    )
+    head_t, head_s = teacher.get_output_embeddings(), student.get_output_embeddings()
+    if head_t is not None and head_s is not None:
+        hidden = torch.randn(*ids.shape, emb_t.weight.shape[1], generator=torch.Generator().manual_seed(0))
+        out["lm_head"] = _pair(
+            median_seconds(lambda: head_t(hidden), repeats), median_seconds(lambda: head_s(hidden), repeats)
+        )
+    else:
+        out["lm_head"] = None
+    return out

@@ -1,0 +1,276 @@
+"""The report as plain tables (title, header, rows of strings): one source for rich, markdown and HTML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .buckets import BUCKETS
+
+
+@dataclass
+class TableData:
+    """A rendered-agnostic table."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    caption: str = ""
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers with ``digits`` significant digits; ``None`` as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def mb(nbytes: int | None) -> str:
+    """Bytes in MB (kB below 100 kB)."""
+    if nbytes is None:
+        return "-"
+    return f"{nbytes / 1e3:.2f} kB" if nbytes < 100_000 else f"{nbytes / 1e6:.2f} MB"
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def glance_table(report: dict[str, Any]) -> TableData:
+    g = report["glance"]
+    better = "higher is better" if g["higher_is_better"] else "lower is better"
+    table = TableData("At a glance", ["variant", "embedding bytes", f"{g['metric']} ({better})"], caption=g["verdict"])
+    for row in g["rows"]:
+        table.rows.append([row["name"], mb(row["embedding_bytes"]), fmt(row["value"])])
+    return table
+
+
+def size_table(report: dict[str, Any]) -> TableData:
+    size = report["size"]
+    table = TableData("Size", ["item", "shape / rank", "params before -> after", "bytes before -> after", "ratio"])
+    for m in size["modules"]:
+        name = f"{m['path']} ({m['role']})"
+        if m["tied"]:
+            table.rows.append([name, "tied to the input embedding", "-", "-", "-"])
+            continue
+        shape = f"{m['shape'][0]}x{m['shape'][1]}" + (f", r={m['rank']}" if m["rank"] else "")
+        table.rows.append(
+            [
+                name,
+                shape,
+                f"{fmt(m['params_before'])} -> {fmt(m['params_after'])}",
+                f"{mb(m['bytes_before'])} -> {mb(m['bytes_after'])}",
+                ratio(m["ratio"]),
+            ]
+        )
+    emb, model = size["embedding"], size["model"]
+    table.rows.append(
+        [
+            "embeddings (all)",
+            "",
+            f"{fmt(emb['params_before'])} -> {fmt(emb['params_after'])}",
+            f"{mb(emb['bytes_before'])} -> {mb(emb['bytes_after'])}",
+            ratio(emb["ratio"]),
+        ]
+    )
+    t, s = model["teacher"], model["student"]
+    table.rows.append(
+        [
+            "whole model",
+            "",
+            f"{fmt(t['params'])} -> {fmt(s['params'])}",
+            f"{mb(t['bytes'])} -> {mb(s['bytes'])}",
+            ratio(model["ratio"]),
+        ]
+    )
+    disk_t, disk_s = size["disk"]["teacher"], size["disk"]["student"]
+    if disk_t or disk_s:
+        before = mb(disk_t["total_bytes"]) if disk_t else "-"
+        after = mb(disk_s["total_bytes"]) if disk_s else "-"
+        note = disk_t.get("note", "") if disk_t else ""
+        table.rows.append(["files on disk", note, "", f"{before} -> {after}", ""])
+    serving = size["serving"]
+    extra = serving["student_runtime_extra_bytes"]
+    table.rows.append(
+        [
+            "serving memory (resident)",
+            f"incl. {mb(extra)} decoded head" if extra else "",
+            "",
+            f"{mb(serving['teacher_bytes'])} -> {mb(serving['student_bytes'])}",
+            ratio(serving["ratio"]),
+        ]
+    )
+    return table
+
+
+def _fid_row(name: str, role: str, fid: dict[str, Any]) -> list[str]:
+    if fid.get("tied_to_input"):
+        return [name, role, "tied to input", "", "", ""]
+    return [
+        name,
+        role,
+        fmt(fid["relative_error"]),
+        fmt(fid["weighted_relative_error"]),
+        fmt(fid["row_cosine_mean"]),
+        fmt(fid["row_cosine_min"]),
+    ]
+
+
+def fidelity_table(report: dict[str, Any]) -> TableData:
+    table = TableData(
+        "Matrix fidelity", ["variant", "matrix", "rel. error", "freq-weighted error", "row cos mean", "row cos min"]
+    )
+    for role, fid in report["fidelity"].items():
+        table.rows.append(_fid_row("student", role, fid))
+    for ref in report["references"]:
+        for role, fid in ref["fidelity"].items():
+            table.rows.append(_fid_row(ref["name"], role, fid))
+    return table
+
+
+def _variants(report: dict[str, Any], section: str) -> list[tuple[str, Any]]:
+    return [("student", report[section]), *((r["name"], r[section]) for r in report["references"])]
+
+
+def fidelity_bucket_table(report: dict[str, Any]) -> TableData | None:
+    fid = report["fidelity"]["input"]
+    if not fid.get("by_bucket"):
+        return None
+    shares = (report.get("data") or {}).get("buckets") or {}
+    names = [name for name, _ in _variants(report, "fidelity")]
+    table = TableData(
+        "Input-matrix error by token frequency (rel. error / row cosine)",
+        ["bucket", "token ids", "share of occurrences", *names],
+    )
+    for bucket in BUCKETS:
+        row = [bucket, fmt(fid["by_bucket"][bucket]["rows"]), fmt(shares.get(bucket, {}).get("occurrence_share"))]
+        for _, f in _variants(report, "fidelity"):
+            b = f["input"]["by_bucket"][bucket]
+            row.append(f"{fmt(b['relative_error'], 3)} / {fmt(b['row_cosine_mean'], 3)}")
+        table.rows.append(row)
+    return table
+
+
+BEHAVIOUR_KEYS = {
+    "causal-lm": [
+        "perplexity_teacher",
+        "perplexity_student",
+        "perplexity_ratio",
+        "kl",
+        "top1_agreement",
+        "top5_agreement",
+        "tokens",
+    ],
+    "masked-lm": ["accuracy_teacher", "accuracy_student", "agreement", "top5_agreement", "kl", "tokens"],
+    "encoder": [
+        "hidden_cosine",
+        "pooled_cosine",
+        "pooled_cosine_min",
+        "neighbour_overlap",
+        "neighbours_k",
+        "documents",
+        "tokens",
+    ],
+}
+BUCKET_KEYS = {
+    "causal-lm": ["perplexity_ratio", "kl", "top1_agreement"],
+    "masked-lm": ["top1_agreement", "kl"],
+    "encoder": ["hidden_cosine"],
+}
+
+
+def behaviour_table(report: dict[str, Any]) -> TableData | None:
+    if report["behaviour"] is None:
+        return None
+    variants = [(n, b) for n, b in _variants(report, "behaviour") if b is not None]
+    table = TableData(f"Behaviour vs the teacher ({report['task']})", ["metric", *(n for n, _ in variants)])
+    for key in BEHAVIOUR_KEYS[report["task"]]:
+        table.rows.append([key, *(fmt(b.get(key)) for _, b in variants)])
+    return table
+
+
+def behaviour_bucket_table(report: dict[str, Any]) -> TableData | None:
+    beh = report["behaviour"]
+    if beh is None or not beh.get("by_bucket"):
+        return None
+    variants = [(n, b) for n, b in _variants(report, "behaviour") if b is not None]
+    keys = BUCKET_KEYS[report["task"]]
+    table = TableData(
+        "Behaviour by frequency bucket of the predicted / input token", ["bucket", "variant", "tokens", *keys]
+    )
+    for bucket in BUCKETS:
+        for name, b in variants:
+            row = b["by_bucket"][bucket]
+            table.rows.append([bucket, name, fmt(row["tokens"]), *(fmt(row.get(k), 3) for k in keys)])
+    return table
+
+
+def speed_table(report: dict[str, Any]) -> TableData | None:
+    speed = report["speed"]
+    if speed is None:
+        return None
+    shape = "x".join(str(d) for d in speed["batch_shape"])
+    table = TableData(
+        f"Speed (batch {shape}, median of {speed['repeats']}, {speed['threads']} threads)",
+        ["part", "teacher ms", "student ms", "student / teacher"],
+    )
+    for key in ("forward", "embedding_lookup", "lm_head"):
+        if speed.get(key):
+            p = speed[key]
+            table.rows.append([key, f"{p['teacher_ms']:.2f}", f"{p['student_ms']:.2f}", ratio(p["ratio"])])
+    return table
+
+
+def provenance_table(report: dict[str, Any]) -> TableData:
+    prov = report["provenance"]
+    table = TableData("Provenance", ["field", "value"])
+    table.rows.append(["student", f"{report['student']['name']} ({report['student']['architecture']})"])
+    table.rows.append(["teacher", f"{report['teacher']['name']} ({report['teacher']['architecture']})"])
+    table.rows.append(["compressed by embcompress", fmt(prov["compressed"])])
+    if prov.get("method"):
+        table.rows.append(["method", prov["method"]])
+        for m in prov["modules"]:
+            tied = f", tied to {m['tied_to']}" if m["tied_to"] else ""
+            table.rows.append([f"{m['path']} ({m['role']})", f"{m['method']} r={m['rank']} {m['factor_dtype']}{tied}"])
+        table.rows.append(["fit seed", fmt(prov.get("seed"))])
+    if prov.get("distillation"):
+        table.rows.append(["distillation", str(prov["distillation"])])
+    table.rows.append(["report seed", fmt(prov["report_seed"])])
+    table.rows.append(["versions", ", ".join(f"{k} {v}" for k, v in sorted(prov["versions"].items()))])
+    data = report.get("data")
+    if data and data.get("eval"):
+        ev = data["eval"]
+        table.rows.append(["evaluation text", f"{data['path']}: {ev['sequences']} sequences, {ev['tokens']} tokens"])
+    if data:
+        table.rows.append(["frequency counts", f"{data['freq_path']}: {fmt(data['frequency_tokens'])} tokens"])
+    return table
+
+
+def report_tables(report: dict[str, Any]) -> list[TableData]:
+    """All tables of the report, in display order (sections without data are left out)."""
+    builders = (
+        glance_table,
+        size_table,
+        fidelity_table,
+        fidelity_bucket_table,
+        behaviour_table,
+        behaviour_bucket_table,
+        speed_table,
+        provenance_table,
+    )
+    return [t for t in (b(report) for b in builders) if t is not None]
+
+
+def needs_text_note(report: dict[str, Any]) -> str:
+    """One sentence naming the metrics that were skipped for lack of text ('' when none)."""
+    if not report["needs_text"]:
+        return ""
+    return "Not measured (pass --data TEXT): " + ", ".join(report["needs_text"]) + "."

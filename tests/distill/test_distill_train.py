@@ -1,0 +1,206 @@
+"""The distillation loop on tiny real models: quality improves, only chosen parameters train,
+resume is exact, NaN stops the run, the teacher cache is equivalent, the output reloads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from distill_helpers import build_pair, make_tokenizer, single_thread, write_corpus
+from safetensors.torch import load_file
+
+import embcompress
+from embcompress.distill import DistillConfig, DistillDiverged, Distiller, DistillInterrupted, distill_checkpoint
+from embcompress.distill.batches import CorpusBatches
+from embcompress.distill.state import LAST, STATE_JSON, TRAINABLE
+from embcompress.distill.trainer import LOG_NAME, make_accelerator
+from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+
+FAST = {"batch_size": 4, "seq_len": 16, "eval_windows": 8, "lr": 1e-2}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus.txt")
+
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def is_factor(key: str) -> bool:
+    return any(key.endswith(s) for s in (".codes", ".basis", ".offset"))
+
+
+@pytest.mark.parametrize(("name", "metric", "better"), [("llama-tied", "kl", "lower"), ("bert-mlm", "kl", "lower")])
+def test_lm_loss_decreases_and_heldout_kl_improves(
+    tmp_path: Path, corpus: Path, name: str, metric: str, better: str
+) -> None:
+    teacher, student = build_pair(tmp_path, name)
+    cfg = DistillConfig(steps=30, eval_every=10, **FAST)
+    result = distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus, keep_state=True)
+    assert result.after[metric] < 0.5 * result.before[metric]
+    steps = [json.loads(line) for line in (tmp_path / "out" / LOG_NAME).read_text().splitlines()]
+    losses = [r["loss"] for r in steps if r["event"] == "step"]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    summary = json.loads((tmp_path / "out" / "embcompress.json").read_text())
+    assert summary["distill"]["after"][metric] == pytest.approx(result.after[metric])
+    assert summary["modules"] and summary["distill"]["eval_split"] == "heldout"
+
+
+def test_encoder_pooled_cosine_improves(tmp_path: Path, corpus: Path) -> None:
+    teacher, student = build_pair(tmp_path, "bert-encoder", rank=2)
+    cfg = DistillConfig(steps=30, eval_every=10, **FAST)
+    result = distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    assert result.kind == "encoder"
+    assert result.after["cosine"] > result.before["cosine"]
+    assert result.after["distance"] < 0.85 * result.before["distance"]
+
+
+def test_only_factors_train_and_output_reloads_with_same_logits(tmp_path: Path, corpus: Path) -> None:
+    teacher, student = build_pair(tmp_path, "llama-untied")
+    cfg = DistillConfig(steps=6, eval_every=3, **FAST)
+    distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    before, after = weights(student), weights(tmp_path / "out")
+    assert set(before) == set(after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(is_factor(k) for k in changed)
+    assert any("lm_head" in k for k in changed) and any("embed_tokens" in k for k in changed)
+    strict = embcompress.load(tmp_path / "out")
+    plain = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    assert isinstance(plain.lm_head, FactorizedLinear) and isinstance(plain.model.embed_tokens, FactorizedEmbedding)
+    ids = torch.randint(7, 60, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(strict(ids).logits, plain(ids).logits, atol=1e-6)
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and not (tmp_path / "out.distill").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "trains_norms", "trains_layers"), [("factors+norms", True, False), ("all", True, True)]
+)
+def test_train_modes(tmp_path: Path, corpus: Path, mode: str, trains_norms: bool, trains_layers: bool) -> None:
+    teacher, student = build_pair(tmp_path, "llama-tied")
+    cfg = DistillConfig(steps=4, eval_every=2, train=mode, **FAST)
+    distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    before, after = weights(student), weights(tmp_path / "out")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("norm" in k for k in changed) == trains_norms
+    assert any(k.endswith("proj.weight") for k in changed) == trains_layers
+
+
+class InterruptAt:
+    """A reporter that presses Ctrl-C (a real SIGINT) after step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    @contextlib.contextmanager
+    def stage(self, description: str, total: int | None = None) -> Iterator[None]:
+        yield
+
+    def advance(self, steps: int = 1, **metrics: float) -> None:
+        self.seen += steps
+        if self.seen == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("data_free", [False, True])
+def test_ctrl_c_checkpoints_and_resume_equals_a_straight_run(tmp_path: Path, corpus: Path, data_free: bool) -> None:
+    teacher, student = build_pair(tmp_path, "bert-mlm" if not data_free else "llama-tied")
+    cfg = DistillConfig(steps=6, eval_every=2, **{**FAST, "seq_len": 8})
+    data = None if data_free else corpus
+    straight = distill_checkpoint(student, str(teacher), tmp_path / "a", cfg, data=data)
+    with pytest.raises(DistillInterrupted, match="interrupted at step 3"):
+        distill_checkpoint(student, str(teacher), tmp_path / "b", cfg, data=data, reporter=InterruptAt(3))
+    state = json.loads((tmp_path / "b.distill" / LAST / STATE_JSON).read_text())
+    assert state["step"] == 3 and not (tmp_path / "b").exists()
+    resumed = distill_checkpoint(student, str(teacher), tmp_path / "b", cfg, data=data, resume=True)
+    assert resumed.steps == straight.steps == 6
+    assert resumed.history == straight.history
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _distiller(tmp_path: Path, corpus: Path, cfg: DistillConfig) -> Distiller:
+    teacher_dir, student_dir = build_pair(tmp_path, "llama-tied")
+    tok = make_tokenizer("causal")
+    batches = CorpusBatches(corpus, tok, cfg, per_document=False)
+    held, split = batches.heldout(cfg.eval_windows)
+    teacher = transformers.LlamaForCausalLM.from_pretrained(str(teacher_dir))
+    return Distiller(
+        embcompress.load(student_dir), teacher, tok, cfg, "causal", batches, held, split,
+        make_accelerator("cpu"), tmp_path / "state",
+    )  # fmt: skip
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    cfg = DistillConfig(steps=10, eval_every=100, checkpoint_every=2, **FAST)
+    distiller = _distiller(tmp_path, corpus, cfg)
+    calls = {"n": 0}
+
+    def poison(module: torch.nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return output * float("nan")
+        return output
+
+    distiller.student.model.embed_tokens.register_forward_hook(poison)
+    with pytest.raises(DistillDiverged, match=r"became nan at step 5.*last good checkpoint \(step 4\)"):
+        distiller.train()
+    saved = load_file(str(tmp_path / "state" / LAST / TRAINABLE))
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    assert json.loads((tmp_path / "state" / LAST / STATE_JSON).read_text())["step"] == 4
+    assert all(torch.isfinite(p).all() for p in distiller.params.values())
+
+
+def test_huge_lr_divergence_is_caught(tmp_path: Path, corpus: Path) -> None:
+    cfg = DistillConfig(steps=20, eval_every=100, checkpoint_every=5, max_grad_norm=0.0, **{**FAST, "lr": 1e30})
+    with pytest.raises(DistillDiverged, match="last good checkpoint"):
+        _distiller(tmp_path, corpus, cfg).train()
+
+
+def test_teacher_cache_hits_on_later_epochs_and_matches_full_kl(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "small.txt", 8)
+    teacher, student = build_pair(tmp_path, "llama-tied")
+    cfg = DistillConfig(steps=12, eval_every=6, cache_top_k=96, **FAST)
+    cached = distill_checkpoint(student, str(teacher), tmp_path / "c", cfg, data=corpus, cache_dir=tmp_path / "cache")
+    distill_checkpoint(student, str(teacher), tmp_path / "p", cfg, data=corpus)
+    assert cached.cache["hits"] > 0 and cached.cache["misses"] > 0
+    a, b = weights(tmp_path / "c"), weights(tmp_path / "p")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    changed = DistillConfig(steps=2, eval_every=6, cache_top_k=8, **FAST)
+    with pytest.raises(embcompress.EmbcompressError, match="different settings"):
+        distill_checkpoint(student, str(teacher), tmp_path / "d", changed, data=corpus, cache_dir=tmp_path / "cache")
+
+
+def test_early_stopping_keeps_the_best_parameters(tmp_path: Path, corpus: Path) -> None:
+    teacher, student = build_pair(tmp_path, "llama-tied")
+    cfg = DistillConfig(steps=40, eval_every=1, patience=2, **{**FAST, "lr": 3.0})
+    result = distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus, keep_state=True)
+    if result.stop_reason == "early_stop":
+        assert result.steps < 40
+    best = min(h["kl"] for h in result.history)
+    assert result.after["kl"] == pytest.approx(best)
+    reloaded = json.loads((tmp_path / "out" / "embcompress.json").read_text())["distill"]
+    assert reloaded["best_step"] == result.best_step
+
+
+def test_token_budget_stops_the_run_and_the_schedule_follows_it(tmp_path: Path, corpus: Path) -> None:
+    teacher, student = build_pair(tmp_path, "llama-tied")
+    cfg = DistillConfig(max_tokens=4 * 16 * 5, eval_every=100, **FAST)
+    result = distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    assert result.steps == 5 and result.tokens == 4 * 16 * 5 and result.stop_reason == "budget"
+    records = [json.loads(line) for line in (tmp_path / "out" / LOG_NAME).read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["event"] == "step"]
+    assert lrs[-1] < lrs[1] <= cfg.lr
