@@ -111,25 +111,26 @@ def split_documents(
     return (d for d in documents if is_heldout(d, heldout_fraction, seed) == want_heldout)
 
 
-def token_stream(tokenizer: Any, documents: Iterable[str], batch: int = 64) -> Iterator[int]:
-    """Token ids of the documents, each followed by the EOS (or SEP) token when the tokenizer has one."""
-    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+def batched_documents(documents: Iterable[str], batch: int) -> Iterator[list[str]]:
+    """Group a document stream into lists of at most ``batch`` documents (for batched tokenization)."""
     buffer: list[str] = []
-
-    def flush() -> Iterator[int]:
-        encoded = tokenizer(buffer, add_special_tokens=False)["input_ids"]
-        for ids in encoded:
-            yield from ids
-            if sep is not None:
-                yield sep
-        buffer.clear()
-
     for doc in documents:
         buffer.append(doc)
         if len(buffer) >= batch:
-            yield from flush()
+            yield buffer
+            buffer = []
     if buffer:
-        yield from flush()
+        yield buffer
+
+
+def token_stream(tokenizer: Any, documents: Iterable[str], batch: int = 64) -> Iterator[int]:
+    """Token ids of the documents, each followed by the EOS (or SEP) token when the tokenizer has one."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    for group in batched_documents(documents, batch):
+        for ids in tokenizer(group, add_special_tokens=False)["input_ids"]:
+            yield from ids
+            if sep is not None:
+                yield sep
 
 
 def packed_windows(tokens: Iterable[int], seq_len: int) -> Iterator[torch.Tensor]:
@@ -169,16 +170,6 @@ def count_tokens(
 def document_windows(tokenizer: Any, documents: Iterable[str], seq_len: int, batch: int = 64) -> Iterator[torch.Tensor]:
     """One window per document, framed with the tokenizer's special tokens ([CLS] ... [SEP]) and
     truncated to ``seq_len`` ids: the unit a sentence encoder embeds (no packing across documents)."""
-    buffer: list[str] = []
-
-    def flush() -> Iterator[torch.Tensor]:
-        encoded = tokenizer(buffer, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
-        buffer.clear()
+    for group in batched_documents(documents, batch):
+        encoded = tokenizer(group, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
         yield from (torch.tensor(ids, dtype=torch.long) for ids in encoded if ids)
-
-    for doc in documents:
-        buffer.append(doc)
-        if len(buffer) >= batch:
-            yield from flush()
-    if buffer:
-        yield from flush()

@@ -155,7 +155,29 @@ def ordinary_token_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-class RandomTokenBatches:
+class _SeededBatches:
+    """Data-free batches: batch ``i`` is ``make(seed)`` with a seed derived from (seed, process, i)."""
+
+    config: DistillConfig
+    rank: int
+    world: int
+    label: str
+
+    def make(self, seed: int) -> Batch:
+        raise NotImplementedError
+
+    def iterate(self, skip: int = 0) -> Iterator[Batch]:
+        for index in itertools.count(skip):
+            batch = self.make(derive_seed(self.config.seed, self.rank, self.world, index, 1))
+            batch.key = index
+            yield batch
+
+    def heldout(self, count: int) -> tuple[list[Batch], str]:
+        batches = -(-count // self.config.batch_size)
+        return [self.make(derive_seed(self.config.seed, i, 2)) for i in range(batches)], self.label
+
+
+class RandomTokenBatches(_SeededBatches):
     """Data-free batches for encoders / masked LMs: uniform draws from the ordinary tokens
     (the unigram prior without counts), framed like real input ([CLS] ... [SEP]), with lengths
     uniform in ``[seq_len / 4, seq_len]`` so mean pooling sees short and long inputs."""
@@ -180,18 +202,10 @@ class RandomTokenBatches:
             windows.append(torch.cat(parts))
         return collate(windows, self.pad_id)
 
-    def iterate(self, skip: int = 0) -> Iterator[Batch]:
-        for index in itertools.count(skip):
-            batch = self.make(derive_seed(self.config.seed, self.rank, self.world, index, 1))
-            batch.key = index
-            yield batch
-
-    def heldout(self, count: int) -> tuple[list[Batch], str]:
-        batches = -(-count // self.config.batch_size)
-        return [self.make(derive_seed(self.config.seed, i, 2)) for i in range(batches)], "data-free (random tokens)"
+    label = "data-free (random tokens)"
 
 
-class SampledBatches:
+class SampledBatches(_SeededBatches):
     """Data-free batches for causal LMs: the teacher samples its own text.
 
     Each sequence starts from the BOS token (EOS when there is none) and is sampled with
@@ -221,12 +235,4 @@ class SampledBatches:
             ids = self.sample(prompt, seed)[:, : self.config.seq_len].cpu()
         return Batch(ids, torch.ones_like(ids))
 
-    def iterate(self, skip: int = 0) -> Iterator[Batch]:
-        for index in itertools.count(skip):
-            batch = self.make(derive_seed(self.config.seed, self.rank, self.world, index, 1))
-            batch.key = index
-            yield batch
-
-    def heldout(self, count: int) -> tuple[list[Batch], str]:
-        batches = -(-count // self.config.batch_size)
-        return [self.make(derive_seed(self.config.seed, i, 2)) for i in range(batches)], "data-free (teacher samples)"
+    label = "data-free (teacher samples)"
