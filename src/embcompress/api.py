@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,16 @@ def write_checkpoint(
     tokenizer: Any | None,
     summary: dict[str, Any],
     overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
-    """Atomically write the compressed checkpoint, its summary JSON and its model card."""
+    """Atomically write the compressed checkpoint, its summary JSON and its model card
+    (``extra(folder)`` adds more files before the folder is moved into place)."""
     with atomic_output_dir(out, overwrite) as tmp:
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
         (tmp / "README.md").write_text(render_card(source.name, type(model).__name__, summary))
+        if extra is not None:
+            extra(tmp)
 
 
 def factorize_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -254,7 +255,8 @@ def relative_error(
     return math.sqrt(err / max(ref, 1e-30))
 
 
-def _stored_bytes(module: nn.Module) -> tuple[int, int]:
+def stored_size(module: nn.Module) -> tuple[int, int]:
+    """Parameters and bytes ``module`` stores (shared tensors counted once)."""
     params = list({id(p): p for p in module.parameters()}.values())
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
@@ -302,7 +304,7 @@ def _module_stats(
     serving_dense: bool = False,
 ) -> ModuleStats:
     dense_params = weight.numel()
-    params, nbytes = (0, 0) if spec.tied_to else _stored_bytes(source)
+    params, nbytes = (0, 0) if spec.tied_to else stored_size(source)
     return ModuleStats(
         path=spec.path,
         role=spec.role,
@@ -317,3 +319,25 @@ def _module_stats(
         weighted_relative_error=None if row_weights is None else relative_error(weight, source, row_weights),
         serving_dense=serving_dense,
     )
+
+
+def convert_factor_dtype(model: nn.Module, factor_dtype: str) -> CompressionConfig:
+    """Re-store the factors of a factorized ``model`` as ``factor_dtype`` in place (e.g. int8 after
+    distillation); returns the updated config, also set as the model's ``quantization_config``."""
+    dtype_from_name(factor_dtype)
+    qconfig = getattr(model.config, "quantization_config", None)
+    if not isinstance(qconfig, EmbcompressQuantizationConfig):
+        raise EmbcompressError("the model holds no embcompress factorization to convert")
+    config = copy.deepcopy(qconfig.compression)
+    modules: dict[str, nn.Module] = {}
+    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
+        spec.factor_dtype = factor_dtype
+        current = model.get_submodule(spec.path)
+        if spec.role == "input":
+            modules[spec.path] = current.with_factor_dtype(factor_dtype)
+            continue
+        source = modules[spec.tied_to] if spec.tied_to else current.source.with_factor_dtype(factor_dtype)
+        modules[spec.path] = FactorizedLinear.from_source(source, current.bias)
+    install_modules(model, config, modules)
+    model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
+    return config

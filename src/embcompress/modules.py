@@ -7,6 +7,9 @@ The lookup gathers ``r``-dimensional codes and projects them; the LM head comput
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +90,28 @@ class FactorizedEmbedding(nn.Module):
             return dequantize_rows(param, getattr(self, f"{name}_scale"), self.compute_dtype)
         return param.to(self.compute_dtype)
 
+    def factor_names(self) -> list[str]:
+        """Names of the factor tensors (stored as ``spec.factor_dtype``; int8 ones carry ``<name>_scale``)."""
+        return list(FACTOR_NAMES)
+
+    def with_factor_dtype(self, factor_dtype: str) -> FactorizedEmbedding:
+        """A copy storing the factors as ``factor_dtype`` (int8: per-row scales); ``self`` is untouched.
+
+        Used to quantize factors after distillation (int8 factors cannot be trained).
+        """
+        spec = dataclasses.replace(self.spec, factor_dtype=factor_dtype, options=copy.deepcopy(self.spec.options))
+        device = next(self.parameters()).device
+        new = type(self).from_spec(spec, self.compute_dtype, device=device)
+        factors = set(self.factor_names())
+        scales = {f"{name}_scale" for name in factors}
+        with torch.no_grad():
+            for name in factors:
+                new.set_factor(name, self.factor(name).float())
+            for name, param in self.named_parameters():
+                if name not in factors and name not in scales:
+                    new.get_parameter(name).data = param.detach().clone()
+        return new
+
     def _codes_rows(self, ids: torch.Tensor) -> torch.Tensor:
         if self.codes.dtype == torch.int8:
             return dequantize_rows(self.codes[ids], self.codes_scale[ids], self.compute_dtype)
@@ -127,7 +152,10 @@ class FactorizedEmbedding(nn.Module):
 
     def dense_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the approximated matrix (without ``embed_scale``)."""
-        ids = torch.arange(start, stop, device=self.codes.device)
+        return self.rows(torch.arange(start, stop, device=self.codes.device))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the approximated matrix (without ``embed_scale``), differentiable in the factors."""
         out = self._codes_rows(ids) @ self.factor("basis")
         return out - self.offset.to(out.dtype) if self.offset is not None else out
 

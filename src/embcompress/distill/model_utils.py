@@ -44,10 +44,10 @@ def factorized_sources(model: nn.Module) -> list[tuple[str, FactorizedEmbedding]
 def check_trainable_storage(model: nn.Module) -> None:
     """Refuse int8-stored factors: they are frozen integers and cannot take gradient steps."""
     for module in model.modules():
-        if isinstance(module, FactorizedEmbedding) and module.codes.dtype == torch.int8:
+        if isinstance(module, FactorizedEmbedding) and any(p.dtype == torch.int8 for p in module.parameters()):
             raise EmbcompressError(
                 "the student stores its factors as int8, which cannot be trained; factorize with "
-                "--factor-dtype float32, distil, then quantize the distilled checkpoint"
+                "--factor-dtype float32 and distil (embcompress compress quantizes the factors after distilling)"
             )
 
 
@@ -79,8 +79,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def factor_rows(module: FactorizedEmbedding, rows: torch.Tensor) -> torch.Tensor:
     """Rows of the approximated matrix, differentiable w.r.t. the factors."""
-    out = module._codes_rows(rows) @ module.factor("basis")
-    return out - module.offset.to(out.dtype) if module.offset is not None else out
+    return module.rows(rows)
 
 
 def max_positions(model: nn.Module) -> int | None:

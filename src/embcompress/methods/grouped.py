@@ -170,6 +170,12 @@ class GroupedEmbedding(FactorizedEmbedding):
             return self._rows(f"rows_{b}", local)
         return self._rows(f"codes_{b}", local) @ self.factor(f"basis_{b}")
 
+    def factor_names(self) -> list[str]:
+        names: list[str] = []
+        for b, rank in enumerate(self.ranks):
+            names += [f"rows_{b}"] if rank == DENSE else [f"codes_{b}", f"basis_{b}"]
+        return names
+
     def inverse_perm(self) -> torch.Tensor:
         """Position of each token id in bucket order."""
         perm = self.perm.long()
@@ -206,6 +212,9 @@ class GroupedEmbedding(FactorizedEmbedding):
 
     def dense_rows(self, start: int, stop: int) -> torch.Tensor:
         return self._lookup(torch.arange(start, stop, device=self.perm.device))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._lookup(ids)
 
     def extra_repr(self) -> str:
         buckets = ", ".join(f"{n}@{r}" for n, r in zip(self.sizes, self.ranks, strict=True))

@@ -128,6 +128,9 @@ class NonlinearEmbedding(FactorizedEmbedding):
         ids = torch.arange(start, stop, device=self.codes.device)
         return torch.cat([self.decode(self._codes_rows(c)) for c in ids.split(_CHUNK)])
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decode(self._codes_rows(ids))
+
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden @ E_hat.T``: materialises the decoded ``V x H`` matrix (``serving_dense``)."""
         return hidden.to(self.compute_dtype) @ self.dense().T

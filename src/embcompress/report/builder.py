@@ -16,7 +16,7 @@ import transformers
 from torch import nn
 
 from ..checkpoint import SUMMARY_NAME, write_json
-from ..data import count_tokens, iter_documents
+from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
 from ..methods.svd import singular_values
 from ..progress import LoggingReporter, Reporter
@@ -50,6 +50,8 @@ class ReportOptions:
         reference_bits: Per-row quantization widths of the reference rows.
         freq_max_tokens: Tokens counted for the frequency buckets (``None``: all).
         text_field: Field / column holding the text in JSONL / parquet data.
+        heldout_fraction / split_seed: Measure on the held-out side of the hash split of the text
+            (:func:`embcompress.data.split_documents`), e.g. the documents a distillation never trained on.
     """
 
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -59,6 +61,8 @@ class ReportOptions:
     reference_bits: tuple[int, ...] = (8, 4)
     freq_max_tokens: int | None = 2_000_000
     text_field: str | None = None
+    heldout_fraction: float | None = None
+    split_seed: int = 0
 
 
 @dataclass
@@ -74,7 +78,10 @@ class Evaluation:
 
 
 def _docs(path: str | Path, options: ReportOptions) -> Iterable[str]:
-    return iter_documents(path, options.text_field)
+    docs = iter_documents(path, options.text_field)
+    if options.heldout_fraction is not None:
+        return split_documents(docs, "heldout", options.heldout_fraction, options.split_seed)
+    return docs
 
 
 def prepare_evaluation(

@@ -1,0 +1,82 @@
+"""``embcompress compress``: the measured recipe at a target ratio, with the report against int8/int4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ..api import LoadOptions
+from ..checkpoint import check_outside_input
+from ..recipe import CompressOptions, CompressResult, compress_checkpoint
+from . import app
+from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
+from .report import emit
+
+
+@app.command()
+@handle_errors
+def compress(
+    model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
+    ratio: float = typer.Option(
+        8.0, "--ratio", help="Target size of the embedding vs fp32: 4 is int8's size, ~8 int4's, 16 half of int4's."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Training text (file, folder, JSONL, parquet): frequencies and distillation."
+    ),
+    eval_data: str | None = typer.Option(None, help="Text for the report (default: the held-out split of --data)."),
+    max_minutes: float | None = typer.Option(
+        None, help="Distillation budget in minutes (default: 15 for encoders, 20 masked LMs, 40 causal LMs)."
+    ),
+    distill: bool = typer.Option(True, "--distill/--no-distill", help="Distil the factors towards the original."),
+    dense_rows: int | None = typer.Option(None, help="Fix the number of most frequent tokens kept whole."),
+    tail_rank: int | None = typer.Option(None, help="Fix the rank of the other tokens (with --dense-rows)."),
+    factor_dtype: str = typer.Option("int8", help="Storage of the final factors: int8, float16, bfloat16, float32."),
+    heldout_fraction: float = typer.Option(0.1, help="Share of --data documents never trained on."),
+    text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder (de-quantized on load)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
+    seed: int = typer.Option(0, help="Seed of the fit, the data order and the sampling."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the checkpoint."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result and report as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library and transformers logs."),
+) -> None:
+    """Compress the token embeddings of MODEL ~RATIO times: frequency-aware factors, distillation, int8."""
+    setup_logging(verbose)
+    options = CompressOptions(
+        ratio=ratio,
+        data=data,
+        eval_data=eval_data,
+        max_minutes=max_minutes,
+        distill=distill,
+        heldout_fraction=heldout_fraction,
+        factor_dtype=factor_dtype,
+        seed=seed,
+        text_field=text_field,
+        dense_rows=dense_rows,
+        tail_rank=tail_rank,
+    )
+    options.check()
+    if Path(model).expanduser().exists():
+        check_outside_input(output, Path(model))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    load = LoadOptions(gguf_file=gguf_file, device=dev, trust_remote_code=trust_remote_code)
+    result = compress_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        show(result)
+
+
+def show(result: CompressResult) -> None:
+    """Layout, the report (verdict and tables) and where the checkpoint went."""
+    layout = result.layout
+    stdout.print(
+        f"layout: {layout.dense:,} most frequent tokens whole + rank {layout.rank} for the rest "
+        f"({layout.nbytes / 1e6:.2f} MB); frequencies from {result.frequency_source}"
+    )
+    emit(result.report, "rich")
+    stdout.print(f"wrote [bold]{result.output}[/]")

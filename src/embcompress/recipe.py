@@ -1,0 +1,417 @@
+"""``embcompress compress``: the measured recipe, end to end, at a target compression ratio.
+
+The recipe (evidence in ``docs/compress.md`` and ``benchmarks/results/quality_per_byte.md``):
+
+1. **Frequencies.** Count the tokens of the training text (``--data``) with the model's tokenizer.
+   Without text, the vocabulary order stands in for frequency (BPE merge order / WordPiece order:
+   much weaker, see the docs).
+2. **Layout.** ``grouped``: the ``dense`` most frequent tokens keep their rows, every other row is a
+   rank-``r`` code on one shared basis; everything stored as per-row int8. ``dense`` and ``r`` are
+   chosen to fill the byte budget ``dense bytes / ratio`` by :func:`choose_layout`.
+3. **Distillation** of the float factors towards the original model (the teacher) on the training
+   text (data-free without ``--data``), within ``max_minutes``.
+4. **int8 factors.** The distilled factors are stored as per-row int8 (cannot be trained, hence last).
+5. **Report** against the teacher and against per-row int8/int4 of the full matrix, on held-out text.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import LoadOptions, load_source, write_checkpoint
+from .checkpoint import SUMMARY_NAME, check_output_dir
+from .checkpoint import load as load_compressed
+from .compress import FactorizeOptions, convert_factor_dtype, factorize_model, rank_limit, relative_error, stored_size
+from .data import count_tokens, iter_documents, split_documents
+from .distill import DistillConfig, distill_checkpoint
+from .distill.model_utils import max_positions, model_kind
+from .distill.pipeline import check_data, check_seq_len
+from .distill.trainer import LOG_NAME
+from .errors import BudgetError, EmbcompressError
+from .frequency import weights_from_counts
+from .methods import get_method
+from .progress import LoggingReporter, Reporter
+from .report import EvalOptions, ReportOptions, build_report, write_report
+from .sources import ModelSource
+
+logger = logging.getLogger(__name__)
+
+#: Candidate numbers of dense (most frequent) rows tried by :func:`choose_layout` (with fractions of the vocabulary).
+DENSE_CANDIDATES = (0, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000)
+#: Storage of the final factors.
+FACTOR_DTYPES = ("int8", "float16", "bfloat16", "float32")
+#: Smallest rank worth keeping for the low-rank rows.
+MIN_TAIL_RANK = 8
+#: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
+DEFAULT_MINUTES = {"encoder": 15.0, "masked": 20.0, "causal": 40.0}
+
+
+@dataclass
+class CompressOptions:
+    """What ``embcompress compress`` does.
+
+    Attributes:
+        ratio: Target compression of the embedding's stored bytes (fp32 dense = 1).
+        data: Training text (file, folder, JSONL, parquet); ``None``: data-free.
+        eval_data: Text the report is measured on (default: the held-out split of ``data``).
+        max_minutes: Distillation budget (default per model kind: :data:`DEFAULT_MINUTES`).
+        distill: Run the distillation step.
+        heldout_fraction: Share of ``data`` documents never trained on (distillation's early
+            stopping and the report use them).
+        factor_dtype: Storage of the final factors.
+        seed: Seed of the fit, the data order and the sampling.
+        text_field: Field / column of JSONL or parquet data.
+        dense_rows / tail_rank: Fix the layout instead of choosing it from the budget.
+        distill_overrides: Extra :class:`DistillConfig` fields (``batch_size``, ``lr``...).
+    """
+
+    ratio: float = 8.0
+    data: str | None = None
+    eval_data: str | None = None
+    max_minutes: float | None = None
+    distill: bool = True
+    heldout_fraction: float = 0.1
+    factor_dtype: str = "int8"
+    seed: int = 0
+    text_field: str | None = None
+    dense_rows: int | None = None
+    tail_rank: int | None = None
+    distill_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressOptions:
+        return cls(**data)
+
+    def check(self) -> None:
+        """One-line errors before any model is loaded."""
+        if not self.ratio > 1:
+            raise EmbcompressError(f"--ratio must be above 1 (e.g. 8 for int4's size), got {self.ratio}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise EmbcompressError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if not 0 < self.heldout_fraction < 1:
+            raise EmbcompressError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.factor_dtype not in FACTOR_DTYPES:
+            valid = ", ".join(FACTOR_DTYPES)
+            raise EmbcompressError(f"unknown --factor-dtype '{self.factor_dtype}'; valid: {valid}")
+        for name in ("dense_rows", "tail_rank"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise EmbcompressError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        for path in (self.data, self.eval_data):
+            if path is not None:
+                check_data(path, DistillConfig(text_field=self.text_field))
+
+
+# -- layout -----------------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    """``dense`` most frequent rows stored whole, the other rows as rank-``rank`` codes."""
+
+    dense: int
+    rank: int
+    nbytes: int
+    lost: float | None = None
+
+    def method_options(self, rows: int) -> dict[str, Any]:
+        if self.dense >= rows:
+            return {"buckets": [rows], "bucket_ranks": ["dense"]}
+        if self.dense == 0:
+            return {"buckets": [rows], "bucket_ranks": [self.rank]}
+        return {"buckets": [self.dense, "rest"], "bucket_ranks": ["dense", self.rank]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def layout_bytes(rows: int, cols: int, dense: int, rank: int, scale_bytes: int = 4) -> int:
+    """Stored bytes with int8 factors: rows/codes/basis at 1 byte per value plus an fp32 scale per
+    row, and the int32 token permutation."""
+    tail = rows - dense
+    nbytes = dense * (cols + scale_bytes) + 4 * rows
+    if tail > 0:
+        nbytes += tail * (rank + scale_bytes) + rank * (cols + scale_bytes)
+    return nbytes
+
+
+def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
+    """Largest rank whose layout fits ``target`` bytes and stores fewer parameters than the dense
+    matrix (the grouped method's break-even budget); 0 when none does."""
+    max_params = (rows * cols // (rows + cols)) * (rows + cols)
+    best = 0
+    for rank in range(1, cols + 1):
+        params = dense * cols + rank * (rows - dense + cols)
+        if layout_bytes(rows, cols, dense, rank) > target or params > max_params:
+            break
+        best = rank
+    return best
+
+
+def _lost_energy(matrix: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, dense: int, rank: int) -> float:
+    """Frequency-weighted squared error of the rank-``rank`` tail, as a share of the weighted energy."""
+    from .methods.weighted_svd import weighted_singular_values
+
+    total = float((matrix.pow(2).sum(1) * weights).sum())
+    tail = order[dense:]
+    if tail.numel() == 0:
+        return 0.0
+    spectrum = weighted_singular_values(matrix[tail], weights[tail])
+    return float(spectrum[rank:].pow(2).sum()) / max(total, 1e-30)
+
+
+def choose_layout(
+    matrix: torch.Tensor,
+    counts: torch.Tensor,
+    target_bytes: int,
+    candidates: tuple[int, ...] = DENSE_CANDIDATES,
+) -> Layout:
+    """The (dense rows, tail rank) pair within ``target_bytes`` that loses the least
+    token-frequency-weighted energy (weights: raw counts plus a pseudo-count of 0.5)."""
+    rows, cols = matrix.shape
+    weights = counts.double().clamp_min(0) + 0.5
+    order = torch.sort(counts, descending=True, stable=True).indices
+    m = matrix.detach().double()
+    best: Layout | None = None
+    fractions = {rows // d for d in (64, 32, 16, 8, 4, 2)}
+    for dense in sorted({c for c in (*candidates, *fractions) if c < rows}):
+        rank = largest_tail_rank(rows, cols, dense, target_bytes)
+        if rank < min(MIN_TAIL_RANK, cols):
+            continue
+        lost = _lost_energy(m, weights, order, dense, rank)
+        logger.info("layout candidate: %d dense rows + rank %d: weighted energy lost %.4f", dense, rank, lost)
+        if best is None or lost < best.lost:  # type: ignore[operator]
+            best = Layout(dense, rank, layout_bytes(rows, cols, dense, rank), lost)
+    if best is None:
+        rank = min(MIN_TAIL_RANK, cols)
+        smallest = layout_bytes(rows, cols, 0, rank)
+        raise BudgetError(
+            f"--ratio is too high for a {rows}x{cols} embedding: the smallest layout (rank {rank}) takes "
+            f"{smallest:,} bytes; the largest feasible ratio is {math.floor(rows * cols * 4 / smallest * 10) / 10}"
+        )
+    return best
+
+
+def fixed_layout(rows: int, cols: int, dense: int, rank: int) -> Layout:
+    """A user-fixed layout (``--dense-rows`` / ``--tail-rank``), validated."""
+    dense = min(dense, rows)
+    if dense < rows and not 1 <= rank <= cols:
+        raise EmbcompressError(f"--tail-rank must be between 1 and {cols}, got {rank}")
+    return Layout(dense, rank, layout_bytes(rows, cols, dense, rank))
+
+
+def prior_counts(rows: int) -> torch.Tensor:
+    """Pseudo-counts from the vocabulary order (lower id = more frequent), Zipf-shaped."""
+    return 1e6 / (torch.arange(rows, dtype=torch.float64) + 10.0)
+
+
+# -- pipeline ---------------------------------------------------------------------------------------
+@dataclass
+class CompressResult:
+    """What :func:`compress_checkpoint` did."""
+
+    output: Path
+    layout: Layout
+    frequency_source: str
+    summary: dict[str, Any]
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "layout": self.layout.to_dict(),
+            "frequency_source": self.frequency_source,
+            "summary": self.summary,
+            "report": self.report,
+        }
+
+
+def _split_docs(path: str, options: CompressOptions, split: str) -> Any:
+    docs = iter_documents(path, options.text_field)
+    return split_documents(docs, split, options.heldout_fraction, options.seed)
+
+
+def frequency_counts(tokenizer: Any, options: CompressOptions, rows: int) -> tuple[torch.Tensor, str]:
+    """Token counts of the training split of ``data``, or the vocabulary-order prior without data."""
+    if options.data is None:
+        logger.warning("no --data: token frequencies come from the vocabulary order; pass --data for better quality")
+        return prior_counts(rows), "vocabulary order (no --data)"
+    if tokenizer is None:
+        raise EmbcompressError("counting token frequencies needs the model's tokenizer, but none could be loaded")
+    counts = count_tokens(tokenizer, _split_docs(options.data, options, "train"), rows, max_tokens=5_000_000)
+    return counts.double(), f"train split of {options.data}"
+
+
+def plan_layout(weight: torch.Tensor, counts: torch.Tensor, options: CompressOptions) -> Layout:
+    """The layout for ``weight``: fixed by the options or chosen to fill ``dense bytes / ratio``."""
+    rows, cols = weight.shape
+    if options.dense_rows is not None and options.tail_rank is not None:
+        return fixed_layout(rows, cols, options.dense_rows, options.tail_rank)
+    target = int(rows * cols * 4 / options.ratio)
+    if options.dense_rows is not None:
+        return fixed_layout(rows, cols, options.dense_rows, largest_tail_rank(rows, cols, options.dense_rows, target))
+    return choose_layout(weight.detach().float(), counts, target)
+
+
+def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
+    """The distillation settings of the recipe for ``model`` (``distill_overrides`` on top)."""
+    kind = model_kind(model)
+    minutes = options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES[kind]
+    seq_len = min(DistillConfig.seq_len, max_positions(model) or DistillConfig.seq_len)
+    base = {"max_minutes": minutes, "heldout_fraction": options.heldout_fraction, "seed": options.seed}
+    config = DistillConfig.from_dict(
+        {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
+    )
+    config.validate()
+    check_seq_len(model, config)
+    return config
+
+
+def _report_options(options: CompressOptions) -> ReportOptions:
+    held = None if options.eval_data is not None else options.heldout_fraction
+    return ReportOptions(
+        eval=EvalOptions(), text_field=options.text_field, heldout_fraction=held, split_seed=options.seed
+    )
+
+
+def final_module_stats(
+    student: nn.Module, teacher: nn.Module, modules: list[dict[str, Any]], counts: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Module statistics re-measured on the final (distilled, re-stored) factors."""
+    weights = weights_from_counts(counts.float(), 0.5, 0.1)
+    out = []
+    for stats in modules:
+        stats = dict(stats)
+        if not stats.get("tied_to"):
+            module = student.get_submodule(stats["path"])
+            module = getattr(module, "source", module)
+            original = teacher.get_submodule(stats["path"]).weight.detach()
+            stats["params_after"], stats["bytes_after"] = stored_size(module)
+            stats["ratio"] = stats["bytes_before"] / max(stats["bytes_after"], 1)
+            stats["relative_error"] = relative_error(original, module)
+            stats["weighted_relative_error"] = relative_error(original, module, weights)
+        out.append(stats)
+    return out
+
+
+class _Run:
+    """State shared by the steps of one ``compress`` run."""
+
+    def __init__(
+        self, model_name: str, options: CompressOptions, load: LoadOptions, work: Path, reporter: Reporter
+    ) -> None:
+        self.model_name, self.options, self.load, self.work, self.reporter = model_name, options, load, work, reporter
+
+    def factorize(self, model: nn.Module, source: ModelSource, counts: torch.Tensor, layout: Layout) -> dict[str, Any]:
+        """Fit the grouped float factors in place; the summary of ``embcompress factorize``."""
+        rows, cols = model.get_input_embeddings().weight.shape
+        grouped = get_method("grouped")
+        fopts = FactorizeOptions(
+            method="grouped",
+            rank=rank_limit(rows, cols, grouped),
+            factor_dtype="float32",
+            seed=self.options.seed,
+            method_options=layout.method_options(rows),
+        )
+        with self.reporter.stage("fitting the grouped factors"):
+            result = factorize_model(model, fopts, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
+        return {**result.to_dict(), "source": source.name, "options": fopts.to_dict()}
+
+    def distill(
+        self, model: nn.Module, source: ModelSource, tokenizer: Any, summary: dict[str, Any], config: DistillConfig
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Write the factorized student, distil it towards the original, load the result."""
+        student_dir, distilled = self.work / "factorized", self.work / "distilled"
+        write_checkpoint(model, student_dir, source, tokenizer, summary)
+        distill_checkpoint(
+            str(student_dir),
+            self.model_name,
+            distilled,
+            config,
+            data=self.options.data,
+            load=self.load,
+            state_dir=self.work / "state",
+            reporter=self.reporter,
+        )
+        summary = json.loads((distilled / SUMMARY_NAME).read_text())
+        return load_compressed(distilled), summary
+
+    def extra_files(self, report: dict[str, Any]) -> Any:
+        """Writer of the report and the distillation log into the output folder."""
+        log = self.work / "distilled" / LOG_NAME
+
+        def write(folder: Path) -> None:
+            write_report(folder, report)
+            if log.is_file():
+                shutil.copy(log, folder / LOG_NAME)
+
+        return write
+
+
+def compress_checkpoint(
+    model_name: str,
+    out: str | Path,
+    options: CompressOptions,
+    load: LoadOptions | None = None,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> CompressResult:
+    """Run the recipe on ``model_name`` and write the compressed checkpoint (with its report) to ``out``.
+
+    Options, data and output are checked before any model is loaded; intermediate checkpoints live
+    in a temporary folder beside ``out`` and are removed; ``out`` appears only when everything worked.
+    """
+    reporter = reporter or LoggingReporter()
+    load = load or LoadOptions()
+    out_path = Path(out)
+    options.check()
+    check_output_dir(out_path, overwrite)
+    source, model, tokenizer = load_source(model_name, load, reporter)
+    config = distill_config(model, options) if options.distill else None
+    weight = model.get_input_embeddings().weight
+    with reporter.stage("counting token frequencies"):
+        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
+    with reporter.stage("choosing the layout"):
+        layout = plan_layout(weight, counts, options)
+    logger.info("layout: %d dense rows + rank %d for the rest, %.2f MB", layout.dense, layout.rank, layout.nbytes / 1e6)
+    out_path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.work-", dir=out_path.resolve().parent))
+    run = _Run(model_name, options, load, work, reporter)
+    try:
+        teacher = copy.deepcopy(model)
+        summary = run.factorize(model, source, counts, layout)
+        student = model
+        if config is not None:
+            student, summary = run.distill(model, source, tokenizer, summary, config)
+        with reporter.stage(f"storing the factors as {options.factor_dtype}"):
+            convert_factor_dtype(student, options.factor_dtype)
+        report = build_report(
+            student,
+            teacher,
+            tokenizer,
+            options.eval_data or options.data,
+            _report_options(options),
+            student_name=str(out_path),
+            teacher_name=source.name,
+            reporter=reporter,
+        )
+        summary = {**summary, "recipe": {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}}
+        summary["modules"] = final_module_stats(student, teacher, summary.get("modules", []), counts)
+        with reporter.stage(f"writing {out_path}"):
+            write_checkpoint(student, out_path, source, tokenizer, summary, overwrite, run.extra_files(report))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return CompressResult(out_path, layout, origin, summary, report)

@@ -1,0 +1,71 @@
+"""``embcompress compress`` through the real Typer app: a working run (rich and JSON) and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import embcompress
+from distill.distill_helpers import KINDS, make_teacher, make_tokenizer, write_corpus
+from embcompress.cli import app
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> Path:
+    folder = tmp_path / "teacher"
+    make_teacher("llama-tied").save_pretrained(folder)
+    make_tokenizer(KINDS["llama-tied"]).save_pretrained(folder)
+    return folder
+
+
+def run(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_compress_prints_the_report_with_int8_int4_rows(tmp_path: Path, teacher: Path) -> None:
+    torch.set_num_threads(1)
+    corpus = write_corpus(tmp_path / "corpus.txt", 150)
+    code, out, err = run(
+        "compress", teacher, "--ratio", "2", "--data", corpus, "--max-minutes", "0.02", "-o", tmp_path / "o"
+    )
+    assert code == 0, err
+    assert "layout:" in out and "int4" in out and "int8" in out and "wrote" in out
+    assert embcompress.load(tmp_path / "o") is not None
+    code, _, err = run("compress", teacher, "--ratio", "2", "--no-distill", "-o", tmp_path / "o")
+    assert code != 0 and "already exists" in err
+
+
+def test_compress_json_is_machine_readable(tmp_path: Path, teacher: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 150)
+    code, out, err = run(
+        "compress", teacher, "--ratio", "2", "--data", corpus, "--no-distill", "--json", "-o", tmp_path / "o"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["output"] == str(tmp_path / "o")
+    assert result["report"]["glance"]["metric"] == "perplexity_ratio"
+    assert result["layout"]["nbytes"] == result["report"]["size"]["embedding"]["bytes_after"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--ratio", "0.5"], "--ratio must be above 1"),
+        (["--ratio", "50"], "--ratio is too high for a 96x16 embedding"),
+        (["--factor-dtype", "int3"], "unknown --factor-dtype 'int3'"),
+        (["--data", "/no/such/text"], "/no/such/text"),
+        (["--dense-rows", "10", "--tail-rank", "99"], "--tail-rank must be between 1 and 16, got 99"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, teacher: Path, extra: list[str], needle: str) -> None:
+    before = sorted(p.name for p in teacher.iterdir())
+    code, _, err = run("compress", teacher, "--no-distill", "-o", tmp_path / "o", *extra)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if ".work-" in p.name]
+    assert sorted(p.name for p in teacher.iterdir()) == before

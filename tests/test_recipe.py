@@ -1,0 +1,153 @@
+"""The ``compress`` recipe: layout arithmetic and choice, factor re-storage, and the whole pipeline
+on tiny real models with a trained tokenizer and a text corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import embcompress
+from conftest import forward_logits, make_tiny
+from distill.distill_helpers import KINDS, make_teacher, make_tokenizer, write_corpus
+from embcompress.compress import FactorizeOptions, convert_factor_dtype, factorize_model, stored_size
+from embcompress.errors import BudgetError, EmbcompressError
+from embcompress.frequency import weights_from_counts
+from embcompress.recipe import (
+    CompressOptions,
+    Layout,
+    choose_layout,
+    compress_checkpoint,
+    fixed_layout,
+    largest_tail_rank,
+    layout_bytes,
+    prior_counts,
+)
+from embcompress.report import REPORT_NAME
+
+FAST = {"steps": 4, "batch_size": 2, "seq_len": 16, "eval_every": 2, "eval_windows": 4}
+
+
+def zipf_counts(rows: int) -> torch.Tensor:
+    return 1000.0 / (torch.randperm(rows, generator=torch.Generator().manual_seed(0)).double() + 1)
+
+
+@pytest.mark.parametrize(("dense", "rank"), [(20, 6), (0, 8), (48, 3)])
+def test_layout_bytes_match_the_stored_grouped_int8_module(dense: int, rank: int) -> None:
+    model = make_tiny("llama-tied")
+    rows, cols = model.get_input_embeddings().weight.shape
+    layout = Layout(dense, rank, layout_bytes(rows, cols, dense, rank))
+    options = FactorizeOptions(
+        method="grouped", rank=13, factor_dtype="int8", method_options=layout.method_options(rows)
+    )
+    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(rows)))
+    assert stored_size(model.get_input_embeddings())[1] == layout.nbytes
+
+
+def test_choose_layout_fills_the_budget_and_keeps_frequent_rows_whole() -> None:
+    torch.manual_seed(0)
+    matrix = torch.randn(4000, 32)
+    counts = zipf_counts(4000)
+    target = int(4000 * 32 * 4 / 6)
+    layout = choose_layout(matrix, counts, target)
+    assert layout.nbytes <= target and layout.rank >= 8 and layout.dense > 0
+    assert layout.rank == largest_tail_rank(4000, 32, layout.dense, target)
+    assert layout_bytes(4000, 32, layout.dense, layout.rank + 1) > target or layout.rank == 32
+
+
+def test_choose_layout_refuses_an_unreachable_ratio_with_the_largest_feasible_one() -> None:
+    with pytest.raises(BudgetError, match=r"--ratio is too high for a 4000x32 embedding.*largest feasible ratio is"):
+        choose_layout(torch.randn(4000, 32), zipf_counts(4000), target_bytes=10_000)
+
+
+def test_fixed_layout_validates_the_rank() -> None:
+    assert fixed_layout(100, 16, 500, 0).dense == 100
+    with pytest.raises(EmbcompressError, match="--tail-rank must be between 1 and 16, got 40"):
+        fixed_layout(100, 16, 10, 40)
+
+
+def test_prior_counts_decrease_with_the_token_id() -> None:
+    prior = prior_counts(50)
+    assert bool((prior[1:] < prior[:-1]).all())
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (CompressOptions(ratio=1.0), "--ratio must be above 1"),
+        (CompressOptions(factor_dtype="int3"), "unknown --factor-dtype 'int3'; valid: int8"),
+        (CompressOptions(max_minutes=0), "--max-minutes must be positive"),
+        (CompressOptions(heldout_fraction=1.5), "--heldout-fraction must be in (0, 1)"),
+        (CompressOptions(dense_rows=-1), "--dense-rows must be >= 0"),
+        (CompressOptions(data="/no/such/corpus"), "/no/such/corpus"),
+    ],
+)
+def test_bad_options_are_refused_before_loading(options: CompressOptions, needle: str) -> None:
+    with pytest.raises(EmbcompressError) as err:
+        options.check()
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "bert-encoder"])
+def test_convert_factor_dtype_keeps_outputs_and_survives_save_reload(name: str, tmp_path: Path) -> None:
+    model = make_tiny(name)
+    rows = model.get_input_embeddings().weight.shape[0]
+    options = FactorizeOptions(method="grouped", rank=8, method_options={"buckets": [20, "rest"]})
+    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(rows)))
+    ids = torch.randint(3, rows, (2, 9), generator=torch.Generator().manual_seed(1))
+    before = forward_logits(model, ids)
+    source = model.get_input_embeddings()
+    convert_factor_dtype(model, "int8")
+    assert all(p.dtype == torch.float32 for n, p in source.named_parameters() if n != "perm")
+    stored = {p.dtype for n, p in model.get_input_embeddings().named_parameters() if not n.endswith("_scale")}
+    assert torch.int8 in stored
+    after = forward_logits(model, ids)
+    assert torch.allclose(before, after, atol=0.05 * float(before.abs().max()))
+    model.save_pretrained(tmp_path / "m")
+    assert torch.equal(forward_logits(embcompress.load(tmp_path / "m"), ids), after)
+
+
+def _teacher_dir(root: Path, name: str) -> Path:
+    folder = root / "teacher"
+    make_teacher(name).save_pretrained(folder)
+    make_tokenizer(KINDS[name]).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("name", "distill"), [("llama-tied", True), ("bert-encoder", True), ("llama-untied", False)])
+def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name: str, distill: bool) -> None:
+    torch.set_num_threads(1)
+    teacher = _teacher_dir(tmp_path, name)
+    corpus = write_corpus(tmp_path / "corpus.txt", 200)
+    options = CompressOptions(ratio=2.0, data=str(corpus), distill=distill, distill_overrides=FAST)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out", "teacher"]  # no work folder left
+    assert (out / REPORT_NAME).is_file() and (out / "embcompress.json").is_file()
+    assert ("distill_log.jsonl" in {p.name for p in out.iterdir()}) == distill
+    model = embcompress.load(out)
+    assert any(p.dtype == torch.int8 for p in model.get_input_embeddings().parameters())
+    size = result.report["size"]["embedding"]
+    assert size["bytes_after"] <= size["bytes_before"] / 2
+    assert result.report["behaviour"] is not None and {r["name"] for r in result.report["references"]} == {
+        "int8",
+        "int4",
+    }
+    assert result.summary["recipe"]["layout"]["dense"] == result.layout.dense
+    assert ("distill" in result.summary) == distill
+
+
+def test_compress_without_data_uses_the_vocabulary_prior(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    result = compress_checkpoint(str(teacher), tmp_path / "out", CompressOptions(ratio=2.0, distill=False))
+    assert result.frequency_source.startswith("vocabulary order")
+    assert result.report["behaviour"] is None and embcompress.load(tmp_path / "out") is not None
+
+
+def test_compress_refuses_an_existing_output_before_loading(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(EmbcompressError, match="already exists"):
+        compress_checkpoint("no-such-model-anywhere", tmp_path / "out", CompressOptions())
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
