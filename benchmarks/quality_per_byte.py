@@ -122,7 +122,7 @@ def preset_row(
     row: dict[str, Any] = {
         "variant": f"embcompress compress --ratio {ratio:g}"
         + (f" (distill {minutes:g} min)" if minutes else " --no-distill"),
-        "layout": f"{layout.dense} dense + rank {layout.rank}, int8",
+        "layout": layout.describe(),
         "bytes": size["bytes_after"],
         "compress_seconds": round(seconds, 1),
         "distill": {k: result.summary["distill"].get(k) for k in ("steps", "tokens", "before", "after")}

@@ -17,6 +17,7 @@ from conftest import TINY_MODELS, VOCAB, forward_logits, make_tiny
 from embcompress.checkpoint import (
     WEIGHTS_NAME,
     atomic_output_dir,
+    densify,
     expected_factor_keys,
     read_compression_config,
     save_model_files,
@@ -333,3 +334,30 @@ def test_load_refuses_dense_weight_under_alias(tmp_path: Path) -> None:
     _rewrite(tmp_path / "out", add={"encoder.embed_tokens.weight": torch.zeros(VOCAB, 16)})
     with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\): encoder\.embed_tokens\.weight"):
         embcompress.load(tmp_path / "out")
+
+
+def test_densify_keeps_a_scaled_embedding_and_the_dense_export_reloads(tmp_path: Path) -> None:
+    cfg = transformers.BartConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        scale_embedding=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(cfg).eval()
+    factorize_model(model, FactorizeOptions(rank=8))
+    ids = torch.randint(3, VOCAB, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids, decoder_input_ids=ids).logits
+        dense = densify(model)
+        assert dense.get_input_embeddings().embed_scale == pytest.approx(4.0)
+        assert torch.allclose(dense(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-5)
+        dense.save_pretrained(tmp_path / "dense")
+        reloaded = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "dense").eval()
+        assert torch.allclose(reloaded(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-5)

@@ -15,6 +15,7 @@ from embcompress.compress import FactorizeOptions, convert_factor_dtype, factori
 from embcompress.errors import BudgetError, EmbcompressError
 from embcompress.frequency import weights_from_counts
 from embcompress.recipe import (
+    DENSE,
     CompressOptions,
     Layout,
     choose_layout,
@@ -33,27 +34,43 @@ def zipf_counts(rows: int) -> torch.Tensor:
     return 1000.0 / (torch.randperm(rows, generator=torch.Generator().manual_seed(0)).double() + 1)
 
 
-@pytest.mark.parametrize(("dense", "rank"), [(20, 6), (0, 8), (48, 3)])
-def test_layout_bytes_match_the_stored_grouped_int8_module(dense: int, rank: int) -> None:
+@pytest.mark.parametrize(
+    ("sizes", "ranks"), [([20, 76], [DENSE, 6]), ([96], [8]), ([10, 30, 56], [DENSE, 8, 3]), ([96], [DENSE])]
+)
+def test_layout_bytes_match_the_stored_grouped_int8_module(sizes: list[int], ranks: list[int | str]) -> None:
     model = make_tiny("llama-tied")
-    rows, cols = model.get_input_embeddings().weight.shape
-    layout = Layout(dense, rank, layout_bytes(rows, cols, dense, rank))
-    options = FactorizeOptions(
-        method="grouped", rank=13, factor_dtype="int8", method_options=layout.method_options(rows)
-    )
-    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(rows)))
+    cols = model.get_input_embeddings().weight.shape[1]
+    layout = Layout(sizes, ranks, layout_bytes(cols, sizes, ranks))
+    options = FactorizeOptions(method="grouped", rank=13, factor_dtype="int8", method_options=layout.method_options())
+    if ranks == [DENSE]:
+        options.rank = 13
+        with pytest.raises(BudgetError):  # a fully dense layout is above the grouped break-even budget
+            factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
+        return
+    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
     assert stored_size(model.get_input_embeddings())[1] == layout.nbytes
 
 
 def test_choose_layout_fills_the_budget_and_keeps_frequent_rows_whole() -> None:
     torch.manual_seed(0)
-    matrix = torch.randn(4000, 32)
-    counts = zipf_counts(4000)
-    target = int(4000 * 32 * 4 / 6)
-    layout = choose_layout(matrix, counts, target)
-    assert layout.nbytes <= target and layout.rank >= 8 and layout.dense > 0
-    assert layout.rank == largest_tail_rank(4000, 32, layout.dense, target)
-    assert layout_bytes(4000, 32, layout.dense, layout.rank + 1) > target or layout.rank == 32
+    rows, cols = 4000, 32
+    matrix = torch.randn(rows, cols)
+    target = int(rows * cols * 4 / 6)
+    layout = choose_layout(matrix, zipf_counts(rows), target)
+    assert layout.nbytes <= target and sum(layout.sizes) == rows
+    assert layout.dense > 0 and int(layout.ranks[-1]) >= 8
+    assert layout.nbytes > 0.95 * target  # the greedy allocation spends the budget
+    assert 0 <= layout.lost < 1  # type: ignore[operator]
+
+
+def test_choose_layout_prefers_what_frequent_tokens_need() -> None:
+    torch.manual_seed(0)
+    rows, cols = 3000, 24
+    matrix = torch.randn(rows, cols)
+    counts = torch.zeros(rows, dtype=torch.float64)
+    counts[:300] = 1000.0  # 300 tokens carry all the text
+    layout = choose_layout(matrix, counts, int(rows * cols * 4 / 4))
+    assert layout.ranks[0] == DENSE and layout.sizes[0] >= 300
 
 
 def test_choose_layout_refuses_an_unreachable_ratio_with_the_largest_feasible_one() -> None:
@@ -62,7 +79,9 @@ def test_choose_layout_refuses_an_unreachable_ratio_with_the_largest_feasible_on
 
 
 def test_fixed_layout_validates_the_rank() -> None:
-    assert fixed_layout(100, 16, 500, 0).dense == 100
+    assert fixed_layout(100, 16, 500, 0).ranks == [DENSE]
+    assert fixed_layout(100, 16, 10, 4).sizes == [10, 90]
+    assert largest_tail_rank(100, 16, 10, layout_bytes(16, [10, 90], [DENSE, 4])) == 4
     with pytest.raises(EmbcompressError, match="--tail-rank must be between 1 and 16, got 40"):
         fixed_layout(100, 16, 10, 40)
 
@@ -134,7 +153,7 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
         "int8",
         "int4",
     }
-    assert result.summary["recipe"]["layout"]["dense"] == result.layout.dense
+    assert result.summary["recipe"]["layout"]["sizes"] == result.layout.sizes
     assert ("distill" in result.summary) == distill
 
 

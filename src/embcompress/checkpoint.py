@@ -22,7 +22,7 @@ import transformers
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import QUANT_METHOD, CompressionConfig
+from .config import QUANT_METHOD, CompressionConfig, ModuleSpec
 from .errors import CheckpointError, EmbcompressError
 from .modules import FactorizedEmbedding
 from .sources import WEIGHT_SUFFIXES, check_safetensors, model_class
@@ -269,6 +269,27 @@ def load(
     return model.to(device).eval()
 
 
+class ScaledEmbedding(nn.Embedding):
+    """``nn.Embedding`` times a constant, as scaled-embedding architectures (Bart, Gemma...) apply it
+    in their own embedding class; a reloaded dense checkpoint gets that class back from transformers."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, embed_scale: float) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
+
+
+def _dense_embedding(spec: ModuleSpec, weight: nn.Parameter) -> nn.Embedding:
+    if spec.embed_scale is not None:
+        emb: nn.Embedding = ScaledEmbedding(spec.num_embeddings, spec.embedding_dim, spec.padding_idx, spec.embed_scale)
+    else:
+        emb = nn.Embedding(spec.num_embeddings, spec.embedding_dim, padding_idx=spec.padding_idx)
+    emb.weight = weight
+    return emb
+
+
 def densify(model: nn.Module) -> nn.Module:
     """Return a copy of a compressed model with the factors multiplied out into dense modules."""
     from .modules import FactorizedLinear
@@ -282,8 +303,7 @@ def densify(model: nn.Module) -> nn.Module:
         module = dense.get_submodule(spec.path)
         if isinstance(module, FactorizedEmbedding):
             weight = nn.Parameter(module.dense().detach().clone())
-            emb = nn.Embedding(spec.num_embeddings, spec.embedding_dim, padding_idx=spec.padding_idx)
-            emb.weight = weight
+            emb = _dense_embedding(spec, weight)
             built[spec.path] = emb
             for path in (spec.path, *spec.aliases):
                 swap_module(dense, path, emb)

@@ -117,100 +117,167 @@ class CompressOptions:
                 check_data(path, DistillConfig(text_field=self.text_field))
 
 
-# -- layout -----------------------------------------------------------------------------------------
+# -- layout ---------------------------------------------------------------------------------------
+DENSE = "dense"
+
+
 @dataclass
 class Layout:
-    """``dense`` most frequent rows stored whole, the other rows as rank-``rank`` codes."""
+    """Frequency buckets (most frequent first), each stored whole (``"dense"``) or at its own rank."""
 
-    dense: int
-    rank: int
+    sizes: list[int]
+    ranks: list[int | str]
     nbytes: int
     lost: float | None = None
 
-    def method_options(self, rows: int) -> dict[str, Any]:
-        if self.dense >= rows:
-            return {"buckets": [rows], "bucket_ranks": ["dense"]}
-        if self.dense == 0:
-            return {"buckets": [rows], "bucket_ranks": [self.rank]}
-        return {"buckets": [self.dense, "rest"], "bucket_ranks": ["dense", self.rank]}
+    @property
+    def dense(self) -> int:
+        """Rows stored whole."""
+        return sum(n for n, r in zip(self.sizes, self.ranks, strict=True) if r == DENSE)
+
+    def method_options(self) -> dict[str, Any]:
+        """The ``grouped`` method's options for this layout."""
+        return {"buckets": list(self.sizes), "bucket_ranks": list(self.ranks)}
+
+    def describe(self) -> str:
+        parts = [
+            f"{n:,} whole" if r == DENSE else f"{n:,} at rank {r}" for n, r in zip(self.sizes, self.ranks, strict=True)
+        ]
+        return " + ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "dense": self.dense, "description": self.describe()}
 
 
-def layout_bytes(rows: int, cols: int, dense: int, rank: int, scale_bytes: int = 4) -> int:
-    """Stored bytes with int8 factors: rows/codes/basis at 1 byte per value plus an fp32 scale per
-    row, and the int32 token permutation."""
-    tail = rows - dense
-    nbytes = dense * (cols + scale_bytes) + 4 * rows
-    if tail > 0:
-        nbytes += tail * (rank + scale_bytes) + rank * (cols + scale_bytes)
+def layout_bytes(cols: int, sizes: list[int], ranks: list[int | str], scale_bytes: int = 4) -> int:
+    """Stored bytes with int8 factors: one byte per value plus an fp32 scale per stored row (dense
+    rows, code rows and basis rows), and the int32 token permutation."""
+    nbytes = 4 * sum(sizes)
+    for n, r in zip(sizes, ranks, strict=True):
+        nbytes += n * (cols + scale_bytes) if r == DENSE else n * (int(r) + scale_bytes) + int(r) * (cols + scale_bytes)
     return nbytes
 
 
-def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
-    """Largest rank whose layout fits ``target`` bytes and stores fewer parameters than the dense
-    matrix (the grouped method's break-even budget); 0 when none does."""
+def layout_params(cols: int, sizes: list[int], ranks: list[int | str]) -> int:
+    return sum(n * cols if r == DENSE else int(r) * (n + cols) for n, r in zip(sizes, ranks, strict=True))
+
+
+def _candidates(rows: int) -> list[tuple[int, int]]:
+    """(dense rows, mid-bucket rows) pairs tried; the rest of the vocabulary is the tail bucket."""
+    dense = sorted({c for c in (*DENSE_CANDIDATES, *(rows // d for d in (64, 32, 16, 8, 4, 2))) if 0 <= c < rows})
+    return sorted({(k, mid) for k in dense for mid in (0, k, 2 * k, 3 * k) if k + mid < rows})
+
+
+def _allocate(
+    spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int, max_params: int, fixed: int
+) -> list[int] | None:
+    """Greedy ranks for the low-rank buckets: each step adds the rank with the most kept weighted
+    energy per byte, within ``budget`` bytes and ``max_params`` parameters (``fixed`` already used)."""
+    ranks = [1] * len(sizes)
+    used = sum(n * 5 + cols + 4 for n in sizes)
+    params = fixed + sum(n + cols for n in sizes)
+    if used > budget or params > max_params:
+        return None
+    # a rank whose factors outgrow the bucket's whole rows is never worth it
+    caps = [min(len(s), cols, (n * cols) // (n + cols + 4)) for s, n in zip(spectra, sizes, strict=True)]
+    while True:
+        best, gain = -1, -1.0
+        for b, (s, n) in enumerate(zip(spectra, sizes, strict=True)):
+            if ranks[b] < caps[b] and used + n + cols + 4 <= budget and params + n + cols <= max_params:
+                g = float(s[ranks[b]] ** 2) / (n + cols + 4)
+                if g > gain:
+                    best, gain = b, g
+        if best < 0:
+            return ranks
+        ranks[best] += 1
+        used += sizes[best] + cols + 4
+        params += sizes[best] + cols
+
+
+class _Spectra:
+    """Weighted singular values of frequency-ordered row ranges ``[start, stop)``, computed once each."""
+
+    def __init__(self, matrix: torch.Tensor, weights: torch.Tensor, order: torch.Tensor) -> None:
+        self.matrix, self.weights, self.order = matrix, weights, order
+        self.total = float((matrix.pow(2).sum(1) * weights).sum())
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        from .methods.weighted_svd import weighted_singular_values
+
+        if (start, stop) not in self._cache:
+            rows = self.order[start:stop]
+            self._cache[start, stop] = weighted_singular_values(self.matrix[rows], self.weights[rows])
+        return self._cache[start, stop]
+
+
+def _layout_for(spectrum: _Spectra, dense: int, mid: int, target: int) -> Layout | None:
+    """The best ranks for buckets ``[dense whole, mid, rest]`` within ``target`` bytes, or None."""
+    rows, cols = spectrum.matrix.shape
+    sizes = [n for n in (mid, rows - dense - mid) if n > 0]
+    bounds = [dense, dense + mid, rows] if mid > 0 else [dense, rows]
+    spectra = [spectrum(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
     max_params = (rows * cols // (rows + cols)) * (rows + cols)
-    best = 0
-    for rank in range(1, cols + 1):
-        params = dense * cols + rank * (rows - dense + cols)
-        if layout_bytes(rows, cols, dense, rank) > target or params > max_params:
-            break
-        best = rank
-    return best
+    budget = target - dense * (cols + 4) - 4 * rows
+    ranks = _allocate(spectra, sizes, cols, budget, max_params, dense * cols)
+    if ranks is None or ranks[-1] < min(MIN_TAIL_RANK, cols):
+        return None
+    lost = sum(float(s[r:].pow(2).sum()) for s, r in zip(spectra, ranks, strict=True))
+    all_sizes = ([dense] if dense else []) + sizes
+    all_ranks: list[int | str] = ([DENSE] if dense else []) + list(ranks)
+    return Layout(all_sizes, all_ranks, layout_bytes(cols, all_sizes, all_ranks), lost / max(spectrum.total, 1e-30))
 
 
-def _lost_energy(matrix: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, dense: int, rank: int) -> float:
-    """Frequency-weighted squared error of the rank-``rank`` tail, as a share of the weighted energy."""
-    from .methods.weighted_svd import weighted_singular_values
-
-    total = float((matrix.pow(2).sum(1) * weights).sum())
-    tail = order[dense:]
-    if tail.numel() == 0:
-        return 0.0
-    spectrum = weighted_singular_values(matrix[tail], weights[tail])
-    return float(spectrum[rank:].pow(2).sum()) / max(total, 1e-30)
-
-
-def choose_layout(
-    matrix: torch.Tensor,
-    counts: torch.Tensor,
-    target_bytes: int,
-    candidates: tuple[int, ...] = DENSE_CANDIDATES,
-) -> Layout:
-    """The (dense rows, tail rank) pair within ``target_bytes`` that loses the least
-    token-frequency-weighted energy (weights: raw counts plus a pseudo-count of 0.5)."""
+def choose_layout(matrix: torch.Tensor, counts: torch.Tensor, target_bytes: int) -> Layout:
+    """The bucket layout within ``target_bytes`` that loses the least token-frequency-weighted energy
+    (weights: raw counts plus 0.5): up to three buckets by frequency (whole rows, a mid rank, a tail
+    rank), bucket sizes from a grid, ranks by a greedy energy-per-byte allocation."""
     rows, cols = matrix.shape
-    weights = counts.double().clamp_min(0) + 0.5
+    weights = (counts.double().clamp_min(0) + 0.5).float()
     order = torch.sort(counts, descending=True, stable=True).indices
-    m = matrix.detach().double()
+    spectrum = _Spectra(matrix.detach().float(), weights, order)
     best: Layout | None = None
-    fractions = {rows // d for d in (64, 32, 16, 8, 4, 2)}
-    for dense in sorted({c for c in (*candidates, *fractions) if c < rows}):
-        rank = largest_tail_rank(rows, cols, dense, target_bytes)
-        if rank < min(MIN_TAIL_RANK, cols):
+    for dense, mid in _candidates(rows):
+        layout = _layout_for(spectrum, dense, mid, target_bytes)
+        if layout is None:
             continue
-        lost = _lost_energy(m, weights, order, dense, rank)
-        logger.info("layout candidate: %d dense rows + rank %d: weighted energy lost %.4f", dense, rank, lost)
-        if best is None or lost < best.lost:  # type: ignore[operator]
-            best = Layout(dense, rank, layout_bytes(rows, cols, dense, rank), lost)
+        logger.debug("layout candidate %s: weighted energy lost %.5f", layout.describe(), layout.lost)
+        if best is None or layout.lost < best.lost:  # type: ignore[operator]
+            best = layout
     if best is None:
         rank = min(MIN_TAIL_RANK, cols)
-        smallest = layout_bytes(rows, cols, 0, rank)
+        smallest = layout_bytes(cols, [rows], [rank])
         raise BudgetError(
             f"--ratio is too high for a {rows}x{cols} embedding: the smallest layout (rank {rank}) takes "
             f"{smallest:,} bytes; the largest feasible ratio is {math.floor(rows * cols * 4 / smallest * 10) / 10}"
         )
+    logger.info("layout: %s, %.2f MB, weighted energy lost %.4f", best.describe(), best.nbytes / 1e6, best.lost)
     return best
 
 
 def fixed_layout(rows: int, cols: int, dense: int, rank: int) -> Layout:
-    """A user-fixed layout (``--dense-rows`` / ``--tail-rank``), validated."""
+    """A user-fixed two-bucket layout (``--dense-rows`` / ``--tail-rank``), validated."""
     dense = min(dense, rows)
-    if dense < rows and not 1 <= rank <= cols:
+    if dense >= rows:
+        return Layout([rows], [DENSE], layout_bytes(cols, [rows], [DENSE]))
+    if not 1 <= rank <= cols:
         raise EmbcompressError(f"--tail-rank must be between 1 and {cols}, got {rank}")
-    return Layout(dense, rank, layout_bytes(rows, cols, dense, rank))
+    sizes = [dense, rows - dense] if dense else [rows]
+    ranks: list[int | str] = [DENSE, rank] if dense else [rank]
+    return Layout(sizes, ranks, layout_bytes(cols, sizes, ranks))
+
+
+def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
+    """Largest tail rank of a ``[dense whole, rest]`` layout within ``target`` bytes and the dense
+    parameter count; 0 when none fits."""
+    max_params = (rows * cols // (rows + cols)) * (rows + cols)
+    best = 0
+    for rank in range(1, cols + 1):
+        sizes, ranks = ([dense, rows - dense], [DENSE, rank]) if dense else ([rows], [rank])
+        if layout_bytes(cols, sizes, ranks) > target or layout_params(cols, sizes, ranks) > max_params:
+            break
+        best = rank
+    return best
 
 
 def prior_counts(rows: int) -> torch.Tensor:
@@ -324,7 +391,7 @@ class _Run:
             rank=rank_limit(rows, cols, grouped),
             factor_dtype="float32",
             seed=self.options.seed,
-            method_options=layout.method_options(rows),
+            method_options=layout.method_options(),
         )
         with self.reporter.stage("fitting the grouped factors"):
             result = factorize_model(model, fopts, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
@@ -386,7 +453,6 @@ def compress_checkpoint(
         counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
     with reporter.stage("choosing the layout"):
         layout = plan_layout(weight, counts, options)
-    logger.info("layout: %d dense rows + rank %d for the rest, %.2f MB", layout.dense, layout.rank, layout.nbytes / 1e6)
     out_path.resolve().parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.work-", dir=out_path.resolve().parent))
     run = _Run(model_name, options, load, work, reporter)

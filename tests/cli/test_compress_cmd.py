@@ -34,7 +34,7 @@ def test_compress_prints_the_report_with_int8_int4_rows(tmp_path: Path, teacher:
         "compress", teacher, "--ratio", "2", "--data", corpus, "--max-minutes", "0.02", "-o", tmp_path / "o"
     )
     assert code == 0, err
-    assert "layout:" in out and "int4" in out and "int8" in out and "wrote" in out
+    assert "layout (tokens by frequency)" in out and "int4" in out and "int8" in out and "wrote" in out
     assert embcompress.load(tmp_path / "o") is not None
     code, _, err = run("compress", teacher, "--ratio", "2", "--no-distill", "-o", tmp_path / "o")
     assert code != 0 and "already exists" in err

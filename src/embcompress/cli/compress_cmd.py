@@ -10,6 +10,7 @@ import typer
 from ..api import LoadOptions
 from ..checkpoint import check_outside_input
 from ..recipe import CompressOptions, CompressResult, compress_checkpoint
+from ..report.tables import mb
 from . import app
 from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
 from .report import emit
@@ -75,8 +76,8 @@ def show(result: CompressResult) -> None:
     """Layout, the report (verdict and tables) and where the checkpoint went."""
     layout = result.layout
     stdout.print(
-        f"layout: {layout.dense:,} most frequent tokens whole + rank {layout.rank} for the rest "
-        f"({layout.nbytes / 1e6:.2f} MB); frequencies from {result.frequency_source}"
+        f"layout (tokens by frequency): {layout.describe()}, int8 ({mb(layout.nbytes)}); "
+        f"frequencies from {result.frequency_source}"
     )
     emit(result.report, "rich")
     stdout.print(f"wrote [bold]{result.output}[/]")
