@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -11,9 +10,8 @@ from rich.table import Table
 from ..api import LoadOptions, factorize_checkpoint
 from ..checkpoint import check_outside_input
 from ..compress import CompressionResult, FactorizeOptions
-from ..errors import EmbcompressError
 from ..frequency import FrequencyOptions
-from ..methods import method_names
+from ..methods import method_names, parse_method_options
 from . import app
 from ._common import RichReporter, handle_errors, parse_csv, print_json, setup_logging, stdout
 
@@ -66,7 +64,7 @@ def factorize(
         targets=parse_csv(targets),
         factor_dtype=factor_dtype,
         seed=seed,
-        method_options=method_options(option, buckets, bucket_ranks),
+        method_options=parse_method_options(option, buckets, bucket_ranks),
     )
     frequency = FrequencyOptions(freq_data, freq_exponent, freq_floor) if freq_data else None
     if Path(model).expanduser().exists():
@@ -79,35 +77,6 @@ def factorize(
     else:
         stdout.print(result_table(result))
         stdout.print(f"wrote [bold]{output}[/]")
-
-
-def parse_value(text: str) -> Any:
-    """An option value: int, float, true/false, a comma list of those, or the string itself."""
-    if "," in text:
-        return [parse_value(part.strip()) for part in text.split(",") if part.strip()]
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def method_options(pairs: list[str], buckets: str | None, bucket_ranks: str | None) -> dict[str, Any]:
-    """Method options from ``-O KEY=VALUE`` pairs and the grouped shortcuts."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise EmbcompressError(f"--option expects KEY=VALUE, got '{pair}'")
-        options[key.strip()] = parse_value(value.strip())
-    if buckets is not None:
-        options["buckets"] = [parse_value(b.strip()) for b in buckets.split(",") if b.strip()]
-    if bucket_ranks is not None:
-        options["bucket_ranks"] = [parse_value(r.strip()) for r in bucket_ranks.split(",") if r.strip()]
-    return options
 
 
 def _millions(n: int) -> str:

@@ -7,6 +7,7 @@ from .base import FactorizationMethod, Factors, FitContext
 from .grouped import GroupedMethod
 from .nmf import NMFMethod
 from .nonlinear import NonlinearMethod
+from .options import parse_method_options, parse_value
 from .svd import SVDMethod
 from .weighted_svd import WeightedSVDMethod
 
@@ -36,4 +37,13 @@ def get_method(name: str) -> FactorizationMethod:
 for _cls in (SVDMethod, WeightedSVDMethod, GroupedMethod, NMFMethod, NonlinearMethod):
     register_method(_cls)
 
-__all__ = ["FactorizationMethod", "Factors", "FitContext", "get_method", "method_names", "register_method"]
+__all__ = [
+    "FactorizationMethod",
+    "Factors",
+    "FitContext",
+    "get_method",
+    "method_names",
+    "parse_method_options",
+    "parse_value",
+    "register_method",
+]
