@@ -84,3 +84,19 @@ def test_inspect_missing_path(tmp_path: Path) -> None:
         f"error: model path '{tmp_path / 'missing'}' does not exist; pass a model folder, a hub id, or an alias "
         "(minilm, smollm2)"
     ]
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero() -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from embcompress.cli import app
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["--threads", "1", "inspect", "--help"])
+        assert result.exit_code == 0 and torch.get_num_threads() == 1
+        result = CliRunner().invoke(app, ["--threads", "0", "inspect", "--help"])
+        assert result.exit_code != 0 and "must be a positive integer, got 0" in result.stderr
+    finally:
+        torch.set_num_threads(before)

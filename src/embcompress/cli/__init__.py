@@ -24,9 +24,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _threads(value: int | None) -> int | None:
+    if value is not None:
+        if value <= 0:
+            raise typer.BadParameter(f"must be a positive integer, got {value}")
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    threads: int | None = typer.Option(
+        None, "--threads", callback=_threads, help="Torch CPU threads for every command (default: torch's choice)."
+    ),
 ) -> None:
     """Compress the token embeddings of Hugging Face checkpoints."""
 
