@@ -155,6 +155,8 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
     }
     assert result.summary["recipe"]["layout"]["sizes"] == result.layout.sizes
     assert ("distill" in result.summary) == distill
+    card = (out / "README.md").read_text()
+    assert "## Quality (measured by `embcompress compress`)" in card and "| int4 |" in card
 
 
 def test_compress_without_data_uses_the_vocabulary_prior(tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ from .frequency import weights_from_counts
 from .methods import get_method
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
+from .report.render import table_markdown
+from .report.tables import glance_table
 from .sources import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -374,6 +376,21 @@ def final_module_stats(
     return out
 
 
+def quality_section(report: dict[str, Any]) -> str:
+    """Model-card section with the report's at-a-glance table (student vs int8/int4) and its text."""
+    data = report.get("data") or {}
+    where = (data.get("eval") or {}) if isinstance(data, dict) else {}
+    source = data.get("path") if isinstance(data, dict) else None
+    lines = ["", "## Quality (measured by `embcompress compress`)", ""]
+    if report.get("behaviour") is None:
+        lines.append("No evaluation text was given, so only sizes and matrix errors were measured; run ")
+        lines.append("`embcompress report THIS_FOLDER --data YOUR_TEXT` before shipping.")
+        return "\n".join(lines) + "\n"
+    lines.append(f"Held-out text: `{source}` ({json.dumps(where, sort_keys=True)}).")
+    lines += ["", table_markdown(glance_table(report)), ""]
+    return "\n".join(lines) + "\n"
+
+
 class _Run:
     """State shared by the steps of one ``compress`` run."""
 
@@ -422,6 +439,8 @@ class _Run:
 
         def write(folder: Path) -> None:
             write_report(folder, report)
+            card = folder / "README.md"
+            card.write_text(card.read_text() + quality_section(report))
             if log.is_file():
                 shutil.copy(log, folder / LOG_NAME)
 
