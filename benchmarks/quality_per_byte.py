@@ -38,7 +38,8 @@ from embcompress.checkpoint import load as load_compressed
 from embcompress.data import iter_documents, split_documents
 from embcompress.progress import LoggingReporter
 from embcompress.recipe import CompressOptions, compress_checkpoint
-from embcompress.report import EvalOptions, ReportOptions, build_report, prepare_evaluation
+from embcompress.report import EvalOptions, ReportOptions, prepare_evaluation
+from embcompress.report.behaviour import compare
 from embcompress.report.builder import matrix_pairs
 from embcompress.report.builder import reference_rows as quant_references
 
@@ -107,31 +108,25 @@ def preset_row(
     """Run ``compress`` at ``ratio`` and measure the written checkpoint on every corpus."""
     out = WORK / f"qpb-{model}-{ratio:g}x"
     options = CompressOptions(
-        ratio=ratio,
-        data=str(files["train"]),
-        eval_data=str(files["pydocs"]),
-        distill=minutes > 0,
-        max_minutes=minutes or None,
+        ratio=ratio, data=str(files["train"]), distill=minutes > 0, max_minutes=minutes or None, report=False
     )
     start = time.perf_counter()
     result = compress_checkpoint(model, out, options, LoadOptions(), overwrite=True)
     seconds = time.perf_counter() - start
     student = load_compressed(out)
-    size = result.report["size"]["embedding"]
     layout = result.layout
     row: dict[str, Any] = {
         "variant": f"embcompress compress --ratio {ratio:g}"
         + (f" (distill {minutes:g} min)" if minutes else " --no-distill"),
         "layout": layout.describe(),
-        "bytes": size["bytes_after"],
+        "bytes": result.layout.nbytes,
         "compress_seconds": round(seconds, 1),
         "distill": {k: result.summary["distill"].get(k) for k in ("steps", "tokens", "before", "after")}
         if "distill" in result.summary
         else None,
     }
     for corpus, ev in evaluations.items():
-        rep = build_report(student, teacher, evaluation=ev, options=report_options())
-        row[corpus] = pick(rep["behaviour"], model)
+        row[corpus] = pick(compare(student, ev.teacher, ev.buckets, ev.special_ids), model)
     return row
 
 

@@ -172,3 +172,12 @@ def test_compress_refuses_an_existing_output_before_loading(tmp_path: Path) -> N
     with pytest.raises(EmbcompressError, match="already exists"):
         compress_checkpoint("no-such-model-anywhere", tmp_path / "out", CompressOptions())
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_compress_can_skip_the_report(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    corpus = write_corpus(tmp_path / "corpus.txt", 100)
+    options = CompressOptions(ratio=2.0, data=str(corpus), distill=False, report=False)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    assert result.report is None and not (tmp_path / "out" / REPORT_NAME).exists()
+    assert "## Quality" not in (tmp_path / "out" / "README.md").read_text()

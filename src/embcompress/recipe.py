@@ -76,6 +76,7 @@ class CompressOptions:
         seed: Seed of the fit, the data order and the sampling.
         text_field: Field / column of JSONL or parquet data.
         dense_rows / tail_rank: Fix the layout instead of choosing it from the budget.
+        report: Measure and write the report (benchmarks that measure themselves turn it off).
         distill_overrides: Extra :class:`DistillConfig` fields (``batch_size``, ``lr``...).
     """
 
@@ -90,6 +91,7 @@ class CompressOptions:
     text_field: str | None = None
     dense_rows: int | None = None
     tail_rank: int | None = None
+    report: bool = True
     distill_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,7 +298,7 @@ class CompressResult:
     layout: Layout
     frequency_source: str
     summary: dict[str, Any]
-    report: dict[str, Any]
+    report: dict[str, Any] | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -433,14 +435,15 @@ class _Run:
         summary = json.loads((distilled / SUMMARY_NAME).read_text())
         return load_compressed(distilled), summary
 
-    def extra_files(self, report: dict[str, Any]) -> Any:
+    def extra_files(self, report: dict[str, Any] | None) -> Any:
         """Writer of the report and the distillation log into the output folder."""
         log = self.work / "distilled" / LOG_NAME
 
         def write(folder: Path) -> None:
-            write_report(folder, report)
-            card = folder / "README.md"
-            card.write_text(card.read_text() + quality_section(report))
+            if report is not None:
+                write_report(folder, report)
+                card = folder / "README.md"
+                card.write_text(card.read_text() + quality_section(report))
             if log.is_file():
                 shutil.copy(log, folder / LOG_NAME)
 
@@ -483,16 +486,18 @@ def compress_checkpoint(
             student, summary = run.distill(model, source, tokenizer, summary, config)
         with reporter.stage(f"storing the factors as {options.factor_dtype}"):
             convert_factor_dtype(student, options.factor_dtype)
-        report = build_report(
-            student,
-            teacher,
-            tokenizer,
-            options.eval_data or options.data,
-            _report_options(options),
-            student_name=str(out_path),
-            teacher_name=source.name,
-            reporter=reporter,
-        )
+        report = None
+        if options.report:
+            report = build_report(
+                student,
+                teacher,
+                tokenizer,
+                options.eval_data or options.data,
+                _report_options(options),
+                student_name=str(out_path),
+                teacher_name=source.name,
+                reporter=reporter,
+            )
         summary = {**summary, "recipe": {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}}
         summary["modules"] = final_module_stats(student, teacher, summary.get("modules", []), counts)
         with reporter.stage(f"writing {out_path}"):

@@ -79,5 +79,6 @@ def show(result: CompressResult) -> None:
         f"layout (tokens by frequency): {layout.describe()}, int8 ({mb(layout.nbytes)}); "
         f"frequencies from {result.frequency_source}"
     )
-    emit(result.report, "rich")
+    if result.report is not None:
+        emit(result.report, "rich")
     stdout.print(f"wrote [bold]{result.output}[/]")
