@@ -95,7 +95,6 @@ def test_prior_counts_decrease_with_the_token_id() -> None:
     ("options", "needle"),
     [
         (CompressOptions(ratio=1.0), "--ratio must be above 1"),
-        (CompressOptions(factor_dtype="int3"), "unknown --factor-dtype 'int3'; valid: int8"),
         (CompressOptions(max_minutes=0), "--max-minutes must be positive"),
         (CompressOptions(heldout_fraction=1.5), "--heldout-fraction must be in (0, 1)"),
         (CompressOptions(dense_rows=-1), "--dense-rows must be >= 0"),

@@ -52,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: Candidate numbers of dense (most frequent) rows tried by :func:`choose_layout` (with fractions of the vocabulary).
 DENSE_CANDIDATES = (0, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000)
-#: Storage of the final factors.
-FACTOR_DTYPES = ("int8", "float16", "bfloat16", "float32")
 #: Smallest rank worth keeping for the low-rank rows.
 MIN_TAIL_RANK = 8
 #: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
@@ -72,7 +70,6 @@ class CompressOptions:
         distill: Run the distillation step.
         heldout_fraction: Share of ``data`` documents never trained on (distillation's early
             stopping and the report use them).
-        factor_dtype: Storage of the final factors.
         seed: Seed of the fit, the data order and the sampling.
         text_field: Field / column of JSONL or parquet data.
         dense_rows / tail_rank: Fix the layout instead of choosing it from the budget.
@@ -86,7 +83,6 @@ class CompressOptions:
     max_minutes: float | None = None
     distill: bool = True
     heldout_fraction: float = 0.1
-    factor_dtype: str = "int8"
     seed: int = 0
     text_field: str | None = None
     dense_rows: int | None = None
@@ -109,9 +105,6 @@ class CompressOptions:
             raise EmbcompressError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0 < self.heldout_fraction < 1:
             raise EmbcompressError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.factor_dtype not in FACTOR_DTYPES:
-            valid = ", ".join(FACTOR_DTYPES)
-            raise EmbcompressError(f"unknown --factor-dtype '{self.factor_dtype}'; valid: {valid}")
         for name in ("dense_rows", "tail_rank"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -484,8 +477,8 @@ def compress_checkpoint(
         student = model
         if config is not None:
             student, summary = run.distill(model, source, tokenizer, summary, config)
-        with reporter.stage(f"storing the factors as {options.factor_dtype}"):
-            convert_factor_dtype(student, options.factor_dtype)
+        with reporter.stage("storing the factors as int8"):
+            convert_factor_dtype(student, "int8")
         report = None
         if options.report:
             report = build_report(

@@ -57,7 +57,6 @@ def test_compress_json_is_machine_readable(tmp_path: Path, teacher: Path) -> Non
     [
         (["--ratio", "0.5"], "--ratio must be above 1"),
         (["--ratio", "50"], "--ratio is too high for a 96x16 embedding"),
-        (["--factor-dtype", "int3"], "unknown --factor-dtype 'int3'"),
         (["--data", "/no/such/text"], "/no/such/text"),
         (["--dense-rows", "10", "--tail-rank", "99"], "--tail-rank must be between 1 and 16, got 99"),
     ],
