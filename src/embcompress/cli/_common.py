@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +20,23 @@ from ..errors import EmbcompressError, one_line
 console = Console(stderr=True)
 stdout = Console()
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by several commands (same flag, same meaning everywhere).
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show library and transformers logs.")]
+TrustRemoteCode = Annotated[bool, typer.Option(help="Allow custom model code from the checkpoint.")]
+GgufFile = Annotated[str | None, typer.Option(help="GGUF file inside the model's folder (de-quantized on load).")]
+AutoDevice = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")]
+
+
+def auto_device(device: str | None) -> str:
+    """``device`` or, when not given, ``cuda`` if available else ``cpu``."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ..api import LoadOptions
@@ -12,7 +11,20 @@ from ..checkpoint import check_outside_input
 from ..recipe import CompressOptions, CompressResult, compress_checkpoint
 from ..report.tables import mb
 from . import app
-from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
+from ._common import (
+    AutoDevice,
+    GgufFile,
+    JsonOut,
+    Overwrite,
+    RichReporter,
+    TrustRemoteCode,
+    Verbose,
+    auto_device,
+    handle_errors,
+    print_json,
+    setup_logging,
+    stdout,
+)
 from .report import emit
 
 
@@ -36,13 +48,13 @@ def compress(
     tail_rank: int | None = typer.Option(None, help="Fix the rank of the other tokens (with --dense-rows)."),
     heldout_fraction: float = typer.Option(0.1, help="Share of --data documents never trained on."),
     text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder (de-quantized on load)."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
+    gguf_file: GgufFile = None,
+    device: AutoDevice = None,
     seed: int = typer.Option(0, help="Seed of the fit, the data order and the sampling."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the checkpoint."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result and report as JSON on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library and transformers logs."),
+    overwrite: Overwrite = False,
+    trust_remote_code: TrustRemoteCode = False,
+    json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Compress the token embeddings of MODEL ~RATIO times: frequency-aware factors, distillation, int8."""
     setup_logging(verbose)
@@ -61,7 +73,7 @@ def compress(
     options.check()
     if Path(model).expanduser().exists():
         check_outside_input(output, Path(model))
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = auto_device(device)
     load = LoadOptions(gguf_file=gguf_file, device=dev, trust_remote_code=trust_remote_code)
     result = compress_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))
     if json_out:

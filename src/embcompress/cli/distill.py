@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from ..api import LoadOptions
 from ..distill import DistillConfig, DistillInterrupted, DistillResult, LossWeights, distill_checkpoint
 from . import app
-from ._common import RichReporter, fail, handle_errors, print_json, setup_logging, stdout
+from ._common import (
+    AutoDevice,
+    JsonOut,
+    Overwrite,
+    RichReporter,
+    Verbose,
+    auto_device,
+    fail,
+    handle_errors,
+    print_json,
+    setup_logging,
+    stdout,
+)
 
 
 def _layers(value: str) -> tuple[int, ...]:
@@ -62,13 +73,11 @@ def distill(
         False, help="Keep the training checkpoints (<output>.distill/) after success."
     ),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda when available)."),
+    device: AutoDevice = None,
     seed: int = typer.Option(0, help="Seed of data order, masking and sampling."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace OUTPUT (and earlier checkpoints) if they exist."
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library and transformers logs."),
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Distil a factorized STUDENT towards its dense TEACHER (factors only by default)."""
     setup_logging(verbose)
@@ -97,7 +106,7 @@ def distill(
         text_field=text_field,
         seed=seed,
     )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = auto_device(device)
     load = LoadOptions(gguf_file=gguf_file, device=dev)
     try:
         result = distill_checkpoint(

@@ -10,7 +10,7 @@ from ..api import export_dense
 from ..checkpoint import check_outside_input
 from ..errors import EmbcompressError
 from . import app
-from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
+from ._common import JsonOut, Overwrite, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
 
 
 @app.command()
@@ -19,9 +19,9 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A compressed checkpoint folder."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the dense checkpoint."),
     dense: bool = typer.Option(False, "--dense", help="Multiply the factors out into dense matrices."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Export a compressed checkpoint; --dense writes plain transformers weights."""
     setup_logging(verbose)

@@ -13,7 +13,19 @@ from ..compress import CompressionResult, FactorizeOptions
 from ..frequency import FrequencyOptions
 from ..methods import method_names, parse_method_options
 from . import app
-from ._common import RichReporter, handle_errors, parse_csv, print_json, setup_logging, stdout
+from ._common import (
+    GgufFile,
+    JsonOut,
+    Overwrite,
+    RichReporter,
+    TrustRemoteCode,
+    Verbose,
+    handle_errors,
+    parse_csv,
+    print_json,
+    setup_logging,
+    stdout,
+)
 
 
 @app.command()
@@ -43,14 +55,14 @@ def factorize(
     freq_floor: float = typer.Option(0.1, help="Pseudo-count of tokens never seen in --freq-data."),
     targets: str = typer.Option("input,output", help="Matrices to replace: input, output or both."),
     factor_dtype: str = typer.Option("float32", help="Factor storage: float32, float16, bfloat16, int8."),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder (de-quantized on load)."),
+    gguf_file: GgufFile = None,
     dtype: str = typer.Option("float32", help="Dtype to load the model in: float32, float16, bfloat16."),
     device: str = typer.Option("cpu", help="Device for the fit: cpu, cuda, cuda:N."),
     seed: int = typer.Option(0, help="Seed for any randomness in the fit."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the checkpoint."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library and transformers logs."),
+    overwrite: Overwrite = False,
+    trust_remote_code: TrustRemoteCode = False,
+    json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Factorize the token embeddings of MODEL and write a compressed safetensors checkpoint."""
     setup_logging(verbose)

@@ -8,17 +8,17 @@ from rich.table import Table
 from ..api import LoadOptions, load_source
 from ..summary import describe_model
 from . import app
-from ._common import RichReporter, handle_errors, print_json, setup_logging, stdout
+from ._common import GgufFile, JsonOut, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
 
 
 @app.command()
 @handle_errors
 def inspect(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder."),
+    gguf_file: GgufFile = None,
     spectrum: bool = typer.Option(True, help="Compute the singular-value spectrum summary."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    json_out: JsonOut = False,
+    verbose: Verbose = False,
 ) -> None:
     """Show the embedding matrices of MODEL: shapes, share of parameters, tying, spectrum."""
     setup_logging(verbose)

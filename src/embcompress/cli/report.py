@@ -20,7 +20,7 @@ from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
 from ..sources import load_model, load_tokenizer, resolve_source
 from . import app
-from ._common import RichReporter, console, handle_errors, setup_logging, stdout
+from ._common import RichReporter, Verbose, console, handle_errors, setup_logging, stdout
 
 FORMATS = ("rich", "json", "markdown")
 
@@ -109,7 +109,7 @@ def report(
     gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
     dtype: str = typer.Option("float32", help="Dtype both models are loaded in."),
     device: str = typer.Option("cpu", help="Device: cpu, cuda, cuda:N."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: Verbose = False,
 ) -> None:
     """Report what compressing STUDENT cost against TEACHER: size, fidelity, behaviour, speed, int8/int4."""
     setup_logging(verbose)

@@ -13,7 +13,7 @@ from ..methods import method_names
 from ..report import EvalOptions, ReportOptions, SweepGrid, prepare_evaluation, report_json, run_sweep, sweep_html
 from ..report.sweep import available_methods, save_dir_writer
 from . import app
-from ._common import RichReporter, console, handle_errors, parse_csv, setup_logging, stdout
+from ._common import GgufFile, JsonOut, RichReporter, Verbose, console, handle_errors, parse_csv, setup_logging, stdout
 from .report import check_html_path, rich_table, write_html
 
 
@@ -47,10 +47,10 @@ def sweep(
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     html_out: Path | None = typer.Option(None, "--html", help="Write the quality-vs-bytes page here."),
     save_dir: Path | None = typer.Option(None, help="Also write each point as a checkpoint under this folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print the sweep as JSON on stdout."),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL's folder."),
+    json_out: JsonOut = False,
+    gguf_file: GgufFile = None,
     seed: int = typer.Option(0, help="Seed of the fits and of the masking."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: Verbose = False,
 ) -> None:
     """Fit every method x budget of MODEL in memory and compare quality vs bytes against int8/int4."""
     setup_logging(verbose)
