@@ -95,7 +95,9 @@ def make_teacher(name: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def build_pair(root: Path, name: str, rank: int = 4, seed: int = 0, **options: object) -> tuple[Path, Path]:
+def build_pair(
+    root: Path, name: str, rank: int = 4, seed: int = 0, row_weights: torch.Tensor | None = None, **options: object
+) -> tuple[Path, Path]:
     """Write ``root/teacher-<name>`` and its factorized ``root/student-<name>``; return both folders."""
     tokenizer = make_tokenizer(KINDS[name])
     teacher_dir, student_dir = root / f"teacher-{name}", root / f"student-{name}"
@@ -103,7 +105,7 @@ def build_pair(root: Path, name: str, rank: int = 4, seed: int = 0, **options: o
     teacher.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     student = make_teacher(name, seed)
-    result = factorize_model(student, FactorizeOptions(rank=rank, **options))  # type: ignore[arg-type]
+    result = factorize_model(student, FactorizeOptions(rank=rank, **options), row_weights)  # type: ignore[arg-type]
     student_dir.mkdir()
     save_model_files(student, student_dir, tokenizer=tokenizer)
     write_json(student_dir / SUMMARY_NAME, {**result.to_dict(), "source": str(teacher_dir)})

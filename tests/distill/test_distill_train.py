@@ -16,7 +16,14 @@ from distill_helpers import build_pair, make_tokenizer, single_thread, write_cor
 from safetensors.torch import load_file
 
 import embcompress
-from embcompress.distill import DistillConfig, DistillDiverged, Distiller, DistillInterrupted, distill_checkpoint
+from embcompress.distill import (
+    DistillConfig,
+    DistillDiverged,
+    Distiller,
+    DistillInterrupted,
+    LossWeights,
+    distill_checkpoint,
+)
 from embcompress.distill.batches import CorpusBatches
 from embcompress.distill.state import LAST, STATE_JSON, TRAINABLE
 from embcompress.distill.trainer import LOG_NAME, make_accelerator
@@ -65,6 +72,27 @@ def test_encoder_pooled_cosine_improves(tmp_path: Path, corpus: Path) -> None:
     assert result.kind == "encoder"
     assert result.after["cosine"] > result.before["cosine"]
     assert result.after["distance"] < 0.85 * result.before["distance"]
+
+
+@pytest.mark.parametrize(("method", "options"), [("grouped", {"buckets": [30, "rest"]}), ("nonlinear", {"hidden": 8})])
+def test_structured_students_train_with_the_reconstruction_term(
+    tmp_path: Path, corpus: Path, method: str, options: dict[str, object]
+) -> None:
+    counts = torch.arange(96, 0, -1).float()
+    teacher, student = build_pair(
+        tmp_path, "llama-tied", rank=6, method=method, method_options=options, row_weights=counts
+    )
+    cfg = DistillConfig(steps=20, eval_every=10, weights=LossWeights(kl=0.0, recon=1.0), **FAST)
+    distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    steps = [json.loads(line) for line in (tmp_path / "out" / LOG_NAME).read_text().splitlines()]
+    assert all(r["loss_recon"] > 0 for r in steps if r["event"] == "step")
+    before, after = weights(student), weights(tmp_path / "out")
+    # dense rows are exact (no reconstruction gradient); every low-rank factor and decoder weight moves
+    factors = [k for k in before if "embed_tokens" in k and any(n in k for n in ("codes", "basis", "dec_"))]
+    assert len(factors) >= 2
+    for key in factors:
+        assert not torch.equal(before[key], after[key]), key
+    assert type(embcompress.load(tmp_path / "out").get_input_embeddings()).__name__ != "Embedding"
 
 
 def test_only_factors_train_and_output_reloads_with_same_logits(tmp_path: Path, corpus: Path) -> None:
