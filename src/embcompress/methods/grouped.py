@@ -177,11 +177,14 @@ class GroupedEmbedding(FactorizedEmbedding):
         return names
 
     def inverse_perm(self) -> torch.Tensor:
-        """Position of each token id in bucket order."""
-        perm = self.perm.long()
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel(), device=perm.device)
-        return inv
+        """Position of each token id in bucket order (cached until ``perm`` changes)."""
+        key = (self.perm.data_ptr(), self.perm._version, self.perm.device)
+        if getattr(self, "_inverse_key", None) != key:
+            perm = self.perm.long()
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(perm.numel(), device=perm.device)
+            self._inverse, self._inverse_key = inv, key
+        return self._inverse
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         pos = self.inverse_perm()[ids.reshape(-1)]
