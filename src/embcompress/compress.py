@@ -288,7 +288,7 @@ def factorize_model(
             source = method.build(spec, weight, ctx)
         bias = getattr(dense, "bias", None) if spec.role == "output" else None
         modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
-        stats.append(_module_stats(spec, weight, source, row_weights, method.serving_dense))
+        stats.append(module_stats(spec, weight, source, row_weights, method.serving_dense))
     install_modules(model, config, modules)
     model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
     params_after = sum(p.numel() for p in model.parameters())
@@ -296,13 +296,14 @@ def factorize_model(
     return CompressionResult(config, stats, params_before, params_after, budget)
 
 
-def _module_stats(
+def module_stats(
     spec: ModuleSpec,
     weight: torch.Tensor,
     source: FactorizedEmbedding,
     row_weights: torch.Tensor | None = None,
     serving_dense: bool = False,
 ) -> ModuleStats:
+    """Size and fidelity of ``source`` (the fitted module of ``spec``) against the dense ``weight``."""
     dense_params = weight.numel()
     params, nbytes = (0, 0) if spec.tied_to else stored_size(source)
     return ModuleStats(

@@ -33,7 +33,7 @@ from torch import nn
 from .api import LoadOptions, load_source, write_checkpoint
 from .checkpoint import SUMMARY_NAME, check_output_dir
 from .checkpoint import load as load_compressed
-from .compress import FactorizeOptions, convert_factor_dtype, factorize_model, rank_limit, relative_error, stored_size
+from .compress import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
 from .data import count_tokens, iter_documents, split_documents
 from .distill import DistillConfig, distill_checkpoint
 from .distill.model_utils import max_positions, model_kind
@@ -358,16 +358,14 @@ def final_module_stats(
     weights = weights_from_counts(counts.float(), 0.5, 0.1)
     out = []
     for stats in modules:
-        stats = dict(stats)
-        if not stats.get("tied_to"):
-            module = student.get_submodule(stats["path"])
-            module = getattr(module, "source", module)
-            original = teacher.get_submodule(stats["path"]).weight.detach()
-            stats["params_after"], stats["bytes_after"] = stored_size(module)
-            stats["ratio"] = stats["bytes_before"] / max(stats["bytes_after"], 1)
-            stats["relative_error"] = relative_error(original, module)
-            stats["weighted_relative_error"] = relative_error(original, module, weights)
-        out.append(stats)
+        if stats.get("tied_to"):
+            out.append(dict(stats))
+            continue
+        module = student.get_submodule(stats["path"])
+        source = getattr(module, "source", module)
+        original = teacher.get_submodule(stats["path"]).weight.detach()
+        serving_dense = bool(stats.get("serving_dense", False))
+        out.append(module_stats(source.spec, original, source, weights, serving_dense).to_dict())
     return out
 
 
