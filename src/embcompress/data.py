@@ -173,3 +173,14 @@ def document_windows(tokenizer: Any, documents: Iterable[str], seq_len: int, bat
     for group in batched_documents(documents, batch):
         encoded = tokenizer(group, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
         yield from (torch.tensor(ids, dtype=torch.long) for ids in encoded if ids)
+
+
+def pad_rows(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows to the longest one: ``(input_ids, attention_mask)``, both ``(B, L)`` long."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..data import document_windows, iter_documents, packed_windows, split_documents, token_stream
+from ..data import document_windows, iter_documents, packed_windows, pad_rows, split_documents, token_stream
 from ..errors import EmbcompressError
 from .config import DistillConfig
 
@@ -48,13 +48,7 @@ def derive_seed(*parts: int) -> int:
 
 def collate(windows: list[torch.Tensor], pad_id: int) -> Batch:
     """Right-pad windows to the longest one."""
-    length = max(len(w) for w in windows)
-    ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(windows), length), dtype=torch.long)
-    for row, window in enumerate(windows):
-        ids[row, : len(window)] = window
-        mask[row, : len(window)] = 1
-    return Batch(ids, mask)
+    return Batch(*pad_rows(windows, pad_id))
 
 
 def pad_id_of(tokenizer: Any) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import packed_windows, token_stream
+from ..data import packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
 
 logger = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ def detect_task(model: nn.Module) -> str | None:
 def _batched(rows: list[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     batches = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(chunk):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
+        ids, mask = pad_rows(rows[start : start + batch_size], pad_id)
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
 

@@ -53,6 +53,11 @@ def glance_table(report: dict[str, Any]) -> TableData:
     return table
 
 
+def _before_after(name: str, detail: str, params: tuple[Any, Any], nbytes: tuple[Any, Any], value: Any) -> list[str]:
+    """One size row: parameters and bytes before -> after, and the ratio."""
+    return [name, detail, f"{fmt(params[0])} -> {fmt(params[1])}", f"{mb(nbytes[0])} -> {mb(nbytes[1])}", ratio(value)]
+
+
 def size_table(report: dict[str, Any]) -> TableData:
     size = report["size"]
     table = TableData("Size", ["item", "shape / rank", "params before -> after", "bytes before -> after", "ratio"])
@@ -62,34 +67,14 @@ def size_table(report: dict[str, Any]) -> TableData:
             table.rows.append([name, "tied to the input embedding", "-", "-", "-"])
             continue
         shape = f"{m['shape'][0]}x{m['shape'][1]}" + (f", r={m['rank']}" if m["rank"] else "")
-        table.rows.append(
-            [
-                name,
-                shape,
-                f"{fmt(m['params_before'])} -> {fmt(m['params_after'])}",
-                f"{mb(m['bytes_before'])} -> {mb(m['bytes_after'])}",
-                ratio(m["ratio"]),
-            ]
-        )
+        params, nbytes = (m["params_before"], m["params_after"]), (m["bytes_before"], m["bytes_after"])
+        table.rows.append(_before_after(name, shape, params, nbytes, m["ratio"]))
     emb, model = size["embedding"], size["model"]
-    table.rows.append(
-        [
-            "embeddings (all)",
-            "",
-            f"{fmt(emb['params_before'])} -> {fmt(emb['params_after'])}",
-            f"{mb(emb['bytes_before'])} -> {mb(emb['bytes_after'])}",
-            ratio(emb["ratio"]),
-        ]
-    )
+    params, nbytes = (emb["params_before"], emb["params_after"]), (emb["bytes_before"], emb["bytes_after"])
+    table.rows.append(_before_after("embeddings (all)", "", params, nbytes, emb["ratio"]))
     t, s = model["teacher"], model["student"]
     table.rows.append(
-        [
-            "whole model",
-            "",
-            f"{fmt(t['params'])} -> {fmt(s['params'])}",
-            f"{mb(t['bytes'])} -> {mb(s['bytes'])}",
-            ratio(model["ratio"]),
-        ]
+        _before_after("whole model", "", (t["params"], s["params"]), (t["bytes"], s["bytes"]), model["ratio"])
     )
     disk_t, disk_s = size["disk"]["teacher"], size["disk"]["student"]
     if disk_t or disk_s:
