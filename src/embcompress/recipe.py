@@ -42,6 +42,8 @@ from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .frequency import weights_from_counts
 from .methods import get_method
+from .methods.grouped import DENSE, bucket_params
+from .methods.weighted_svd import weighted_singular_values
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import table_markdown
@@ -115,7 +117,6 @@ class CompressOptions:
 
 
 # -- layout ---------------------------------------------------------------------------------------
-DENSE = "dense"
 
 
 @dataclass
@@ -156,7 +157,12 @@ def layout_bytes(cols: int, sizes: list[int], ranks: list[int | str], scale_byte
 
 
 def layout_params(cols: int, sizes: list[int], ranks: list[int | str]) -> int:
-    return sum(n * cols if r == DENSE else int(r) * (n + cols) for n, r in zip(sizes, ranks, strict=True))
+    return sum(bucket_params(n, r, cols) for n, r in zip(sizes, ranks, strict=True))
+
+
+def max_layout_params(rows: int, cols: int) -> int:
+    """The parameter budget ``grouped`` accepts at its largest admissible rank (the break-even one)."""
+    return rank_limit(rows, cols, get_method("grouped")) * (rows + cols)
 
 
 def _candidates(rows: int) -> list[tuple[int, int]]:
@@ -200,8 +206,6 @@ class _Spectra:
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
-        from .methods.weighted_svd import weighted_singular_values
-
         if (start, stop) not in self._cache:
             rows = self.order[start:stop]
             self._cache[start, stop] = weighted_singular_values(self.matrix[rows], self.weights[rows])
@@ -214,7 +218,7 @@ def _layout_for(spectrum: _Spectra, dense: int, mid: int, target: int) -> Layout
     sizes = [n for n in (mid, rows - dense - mid) if n > 0]
     bounds = [dense, dense + mid, rows] if mid > 0 else [dense, rows]
     spectra = [spectrum(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
-    max_params = (rows * cols // (rows + cols)) * (rows + cols)
+    max_params = max_layout_params(rows, cols)
     budget = target - dense * (cols + 4) - 4 * rows
     ranks = _allocate(spectra, sizes, cols, budget, max_params, dense * cols)
     if ranks is None or ranks[-1] < min(MIN_TAIL_RANK, cols):
@@ -267,7 +271,7 @@ def fixed_layout(rows: int, cols: int, dense: int, rank: int) -> Layout:
 def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
     """Largest tail rank of a ``[dense whole, rest]`` layout within ``target`` bytes and the dense
     parameter count; 0 when none fits."""
-    max_params = (rows * cols // (rows + cols)) * (rows + cols)
+    max_params = max_layout_params(rows, cols)
     best = 0
     for rank in range(1, cols + 1):
         sizes, ranks = ([dense, rows - dense], [DENSE, rank]) if dense else ([rows], [rank])
