@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from embcompress.api import LoadOptions, factorize_checkpoint
-from embcompress.compress import FactorizeOptions
+from embcompress.factorize import FactorizeOptions, factorize_checkpoint
+from embcompress.sources import LoadOptions
 
 RESULTS = Path(__file__).parent / "results"
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources")

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 import embcompress
-from embcompress.api import LoadOptions, factorize_checkpoint, load_source
-from embcompress.compress import FactorizeOptions
+from embcompress.factorize import FactorizeOptions, factorize_checkpoint
 from embcompress.methods import FitContext, get_method, method_names
 from embcompress.methods.svd import truncated_svd
+from embcompress.sources import LoadOptions, load_source
 
 logger = logging.getLogger("factorize_speed")
 Row = dict[str, Any]

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embcompress.compress import FactorizeOptions, plan, relative_error
 from embcompress.data import count_tokens, iter_documents, split_documents
+from embcompress.factorize import FactorizeOptions, plan, relative_error
 from embcompress.frequency import weights_from_counts
 from embcompress.methods import FitContext, get_method
 from embcompress.modules import FactorizedEmbedding

@@ -33,15 +33,15 @@ from typing import Any
 import torch
 from distill_common import PYDOCS, WORK, machine, write_results
 
-from embcompress.api import LoadOptions, load_source
 from embcompress.checkpoint import load as load_compressed
+from embcompress.compress import CompressOptions, compress_checkpoint
 from embcompress.data import iter_documents, split_documents
 from embcompress.progress import LoggingReporter
-from embcompress.recipe import CompressOptions, compress_checkpoint
 from embcompress.report import EvalOptions, ReportOptions, prepare_evaluation
 from embcompress.report.behaviour import compare
 from embcompress.report.builder import matrix_pairs
 from embcompress.report.builder import reference_rows as quant_references
+from embcompress.sources import LoadOptions, load_source
 
 logger = logging.getLogger("quality_per_byte")
 FORTUNES = Path("/usr/share/games/fortunes")

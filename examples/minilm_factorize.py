@@ -15,8 +15,9 @@ import transformers
 from torch import nn
 
 import embcompress  # registers the "embcompress" quantization method with transformers
-from embcompress.api import LoadOptions, load_source, write_checkpoint
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.checkpoint import write_checkpoint
+from embcompress.factorize import FactorizeOptions, factorize_model
+from embcompress.sources import LoadOptions, load_source
 
 SENTENCES = [
     "A man is playing a guitar.",

@@ -18,8 +18,9 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 import embcompress  # noqa: F401  (registers the quantizer so plain from_pretrained rebuilds the factors)
-from embcompress.api import LoadOptions, load_source, write_checkpoint
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.checkpoint import write_checkpoint
+from embcompress.factorize import FactorizeOptions, factorize_model
+from embcompress.sources import LoadOptions, load_source
 
 PROMPT = "What is the capital of France?"
 transformers.logging.set_verbosity_error()

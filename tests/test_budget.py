@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HIDDEN, VOCAB, make_tiny
 from embcompress.budget import budget_from, rank_for_energy_budget, resolve_rank, spectrum
-from embcompress.compress import FactorizeOptions, factorize_model, plan
 from embcompress.config import ModuleSpec
 from embcompress.errors import BudgetError, EmbcompressError
+from embcompress.factorize import FactorizeOptions, factorize_model, plan
 from embcompress.methods import get_method
 from embcompress.methods.svd import singular_values
 from embcompress.summary import energy_curve
+from helpers.models import HIDDEN, VOCAB, make_tiny
 
 DENSE_BYTES = VOCAB * HIDDEN * 4
 

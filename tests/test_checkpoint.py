@@ -13,18 +13,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import embcompress
-from conftest import TINY_MODELS, VOCAB, forward_logits, make_tiny
 from embcompress.checkpoint import (
     WEIGHTS_NAME,
     atomic_output_dir,
-    densify,
     expected_factor_keys,
     read_compression_config,
     save_model_files,
 )
-from embcompress.compress import CompressionResult, FactorizeOptions, factorize_model
 from embcompress.errors import CheckpointError, EmbcompressError
+from embcompress.factorize import CompressionResult, FactorizeOptions, factorize_model
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from embcompress.surgery import densify
+from helpers.models import TINY_MODELS, VOCAB, forward_logits, make_tiny
 
 RANK = 4
 # T5Config forces tie_word_embeddings=True in transformers 5 (encoder/decoder/lm_head always share `shared`).

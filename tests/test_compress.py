@@ -1,106 +1,182 @@
-"""Planning (validation before any change), fitting and accounting of factorize_model."""
+"""The ``compress`` recipe: layout arithmetic and choice, factor re-storage, and the whole pipeline
+on tiny real models with a trained tokenizer and a text corpus."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import HIDDEN, VOCAB, forward_logits, make_tiny
-from embcompress.compress import FactorizeOptions, break_even_rank, factorize_model, plan
+import embcompress
+from embcompress.compress import (
+    DENSE,
+    CompressOptions,
+    Layout,
+    choose_layout,
+    compress_checkpoint,
+    fixed_layout,
+    largest_tail_rank,
+    layout_bytes,
+    prior_counts,
+)
 from embcompress.errors import BudgetError, EmbcompressError
-from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from embcompress.factorize import FactorizeOptions, convert_factor_dtype, factorize_model, stored_size
+from embcompress.frequency import weights_from_counts
+from embcompress.report import REPORT_NAME
+from helpers.distill import KINDS, make_teacher, make_tokenizer, write_corpus
+from helpers.models import forward_logits, make_tiny
 
-BREAK_EVEN = VOCAB * HIDDEN // (VOCAB + HIDDEN)  # 13 for 96 x 16; capped by min(rows, cols) = 16
-
-
-def state_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def test_break_even_rank() -> None:
-    assert break_even_rank(96, 16, 96 + 16) == BREAK_EVEN == 13
-    assert break_even_rank(30522, 384, 30522 + 384) == 379
-    assert break_even_rank(49152, 576, 49152 + 576) == 569
-    r = break_even_rank(1000, 100, 1100)
-    assert r * 1100 < 1000 * 100 <= (r + 1) * 1100
+FAST = {"steps": 4, "batch_size": 2, "seq_len": 16, "eval_every": 2, "eval_windows": 4}
 
 
-@pytest.mark.parametrize("rank", [0, -3, BREAK_EVEN + 1])
-def test_bad_rank_refused_before_touching_model(rank: int) -> None:
+def zipf_counts(rows: int) -> torch.Tensor:
+    return 1000.0 / (torch.randperm(rows, generator=torch.Generator().manual_seed(0)).double() + 1)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "ranks"), [([20, 76], [DENSE, 6]), ([96], [8]), ([10, 30, 56], [DENSE, 8, 3]), ([96], [DENSE])]
+)
+def test_layout_bytes_match_the_stored_grouped_int8_module(sizes: list[int], ranks: list[int | str]) -> None:
     model = make_tiny("llama-tied")
-    before = state_snapshot(model)
-    with pytest.raises(BudgetError, match=rf"rank {rank} .* between 1 and {BREAK_EVEN}.*break-even rank {BREAK_EVEN}"):
-        factorize_model(model, FactorizeOptions(rank=rank))
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert type(model.get_input_embeddings()) is torch.nn.Embedding
+    cols = model.get_input_embeddings().weight.shape[1]
+    layout = Layout(sizes, ranks, layout_bytes(cols, sizes, ranks))
+    options = FactorizeOptions(method="grouped", rank=13, factor_dtype="int8", method_options=layout.method_options())
+    if ranks == [DENSE]:
+        options.rank = 13
+        with pytest.raises(BudgetError):  # a fully dense layout is above the grouped break-even budget
+            factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
+        return
+    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
+    assert stored_size(model.get_input_embeddings())[1] == layout.nbytes
 
 
-def test_break_even_rank_itself_accepted() -> None:
-    result = factorize_model(make_tiny("llama-tied"), FactorizeOptions(rank=BREAK_EVEN))
-    assert result.modules[0].params_after < result.modules[0].params_before
+def test_choose_layout_fills_the_budget_and_keeps_frequent_rows_whole() -> None:
+    torch.manual_seed(0)
+    rows, cols = 4000, 32
+    matrix = torch.randn(rows, cols)
+    target = int(rows * cols * 4 / 6)
+    layout = choose_layout(matrix, zipf_counts(rows), target)
+    assert layout.nbytes <= target and sum(layout.sizes) == rows
+    assert layout.dense > 0 and int(layout.ranks[-1]) >= 8
+    assert layout.nbytes > 0.95 * target  # the greedy allocation spends the budget
+    assert 0 <= layout.lost < 1  # type: ignore[operator]
 
 
-def test_missing_rank_and_unknown_names() -> None:
-    model = make_tiny("llama-tied")
-    with pytest.raises(BudgetError, match="no rank given"):
-        plan(model, FactorizeOptions())
-    with pytest.raises(EmbcompressError, match=r"unknown method 'nope'; valid methods: .*svd"):
-        plan(model, FactorizeOptions(method="nope", rank=4))
-    with pytest.raises(EmbcompressError, match=r"unknown target.*middle.*valid: input, output"):
-        plan(model, FactorizeOptions(rank=4, targets=("middle",)))
-    with pytest.raises(EmbcompressError, match="unknown factor dtype 'int3'"):
-        plan(model, FactorizeOptions(rank=4, factor_dtype="int3"))
-    with pytest.raises(EmbcompressError, match="does not take option"):
-        plan(model, FactorizeOptions(rank=4, method_options={"iters": 3}))
+def test_choose_layout_prefers_what_frequent_tokens_need() -> None:
+    torch.manual_seed(0)
+    rows, cols = 3000, 24
+    matrix = torch.randn(rows, cols)
+    counts = torch.zeros(rows, dtype=torch.float64)
+    counts[:300] = 1000.0  # 300 tokens carry all the text
+    layout = choose_layout(matrix, counts, int(rows * cols * 4 / 4))
+    assert layout.ranks[0] == DENSE and layout.sizes[0] >= 300
 
 
-def test_output_target_without_head_refused() -> None:
-    with pytest.raises(EmbcompressError, match="no output embedding"):
-        plan(make_tiny("bert-encoder"), FactorizeOptions(rank=4, targets=("output",)))
+def test_choose_layout_refuses_an_unreachable_ratio_with_the_largest_feasible_one() -> None:
+    with pytest.raises(BudgetError, match=r"--ratio is too high for a 4000x32 embedding.*largest feasible ratio is"):
+        choose_layout(torch.randn(4000, 32), zipf_counts(4000), target_bytes=10_000)
 
 
-def test_per_role_ranks_on_untied_model() -> None:
-    result = factorize_model(make_tiny("llama-untied"), FactorizeOptions(rank_input=3, rank_output=5))
-    assert [(m.role, m.rank) for m in result.modules] == [("input", 3), ("output", 5)]
+def test_fixed_layout_validates_the_rank() -> None:
+    assert fixed_layout(100, 16, 500, 0).ranks == [DENSE]
+    assert fixed_layout(100, 16, 10, 4).sizes == [10, 90]
+    assert largest_tail_rank(100, 16, 10, layout_bytes(16, [10, 90], [DENSE, 4])) == 4
+    with pytest.raises(EmbcompressError, match="--tail-rank must be between 1 and 16, got 40"):
+        fixed_layout(100, 16, 10, 40)
 
 
-def test_svd_is_the_best_rank_r_approximation() -> None:
-    model = make_tiny("llama-untied")
-    weight = model.get_input_embeddings().weight.detach().clone()
-    result = factorize_model(model, FactorizeOptions(rank=4, targets=("input",)))
-    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-    best = (u[:, :4] * s[:4]) @ vh[:4]
-    torch.testing.assert_close(model.get_input_embeddings().dense().double(), best, rtol=1e-4, atol=1e-4)
-    expected_err = float(s[4:].pow(2).sum().sqrt() / s.pow(2).sum().sqrt())
-    assert result.modules[0].relative_error == pytest.approx(expected_err, rel=1e-4)
+def test_prior_counts_decrease_with_the_token_id() -> None:
+    prior = prior_counts(50)
+    assert bool((prior[1:] < prior[:-1]).all())
 
 
-def test_accounting_tied() -> None:
-    model = make_tiny("llama-tied")
-    total_before = sum(p.numel() for p in model.parameters())
-    result = factorize_model(model, FactorizeOptions(rank=4))
-    inp, out = result.modules
-    assert (inp.params_before, inp.params_after) == (VOCAB * HIDDEN, 4 * (VOCAB + HIDDEN))
-    assert (inp.bytes_before, inp.bytes_after) == (4 * VOCAB * HIDDEN, 16 * (VOCAB + HIDDEN))
-    assert out.tied_to == "model.embed_tokens" and (out.params_after, out.bytes_after) == (0, 0)
-    assert result.params_before == total_before
-    assert result.params_after == total_before - VOCAB * HIDDEN + 4 * (VOCAB + HIDDEN)
-    assert result.params_after == sum(p.numel() for p in model.parameters())
-    assert isinstance(model.lm_head, FactorizedLinear) and model.lm_head.source is model.model.embed_tokens
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (CompressOptions(ratio=1.0), "--ratio must be above 1"),
+        (CompressOptions(max_minutes=0), "--max-minutes must be positive"),
+        (CompressOptions(heldout_fraction=1.5), "--heldout-fraction must be in (0, 1)"),
+        (CompressOptions(dense_rows=-1), "--dense-rows must be >= 0"),
+        (CompressOptions(data="/no/such/corpus"), "/no/such/corpus"),
+    ],
+)
+def test_bad_options_are_refused_before_loading(options: CompressOptions, needle: str) -> None:
+    with pytest.raises(EmbcompressError) as err:
+        options.check()
+    assert needle in str(err.value)
 
 
-def test_output_only_on_tied_model_keeps_input_dense(tiny_ids: torch.Tensor) -> None:
-    model = make_tiny("llama-tied")
-    weight = model.get_input_embeddings().weight.detach().clone()
-    reference = make_tiny("llama-tied")
-    result = factorize_model(model, FactorizeOptions(rank=4, targets=("output",)))
-    assert [m.tied_to for m in result.config.modules] == [None]
-    assert torch.equal(model.get_input_embeddings().weight, weight)
-    assert isinstance(model.lm_head.source, FactorizedEmbedding)
-    # hidden states are unchanged; only the head is approximated
-    with torch.no_grad():
-        h_ref = reference.model(tiny_ids).last_hidden_state
-        h_new = model.model(tiny_ids).last_hidden_state
-    torch.testing.assert_close(h_new, h_ref)
-    torch.testing.assert_close(forward_logits(model, tiny_ids), model.lm_head(h_new))
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "bert-encoder"])
+def test_convert_factor_dtype_keeps_outputs_and_survives_save_reload(name: str, tmp_path: Path) -> None:
+    model = make_tiny(name)
+    rows = model.get_input_embeddings().weight.shape[0]
+    options = FactorizeOptions(method="grouped", rank=8, method_options={"buckets": [20, "rest"]})
+    factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(rows)))
+    ids = torch.randint(3, rows, (2, 9), generator=torch.Generator().manual_seed(1))
+    before = forward_logits(model, ids)
+    source = model.get_input_embeddings()
+    convert_factor_dtype(model, "int8")
+    assert all(p.dtype == torch.float32 for n, p in source.named_parameters() if n != "perm")
+    stored = {p.dtype for n, p in model.get_input_embeddings().named_parameters() if not n.endswith("_scale")}
+    assert torch.int8 in stored
+    after = forward_logits(model, ids)
+    assert torch.allclose(before, after, atol=0.05 * float(before.abs().max()))
+    model.save_pretrained(tmp_path / "m")
+    assert torch.equal(forward_logits(embcompress.load(tmp_path / "m"), ids), after)
+
+
+def _teacher_dir(root: Path, name: str) -> Path:
+    folder = root / "teacher"
+    make_teacher(name).save_pretrained(folder)
+    make_tokenizer(KINDS[name]).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("name", "distill"), [("llama-tied", True), ("bert-encoder", True), ("llama-untied", False)])
+def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name: str, distill: bool) -> None:
+    torch.set_num_threads(1)
+    teacher = _teacher_dir(tmp_path, name)
+    corpus = write_corpus(tmp_path / "corpus.txt", 200)
+    options = CompressOptions(ratio=2.0, data=str(corpus), distill=distill, distill_overrides=FAST)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out", "teacher"]  # no work folder left
+    assert (out / REPORT_NAME).is_file() and (out / "embcompress.json").is_file()
+    assert ("distill_log.jsonl" in {p.name for p in out.iterdir()}) == distill
+    model = embcompress.load(out)
+    assert any(p.dtype == torch.int8 for p in model.get_input_embeddings().parameters())
+    size = result.report["size"]["embedding"]
+    assert size["bytes_after"] <= size["bytes_before"] / 2
+    assert result.report["behaviour"] is not None and {r["name"] for r in result.report["references"]} == {
+        "int8",
+        "int4",
+    }
+    assert result.summary["recipe"]["layout"]["sizes"] == result.layout.sizes
+    assert ("distill" in result.summary) == distill
+    card = (out / "README.md").read_text()
+    assert "## Quality (measured by `embcompress compress`)" in card and "| int4 |" in card
+
+
+def test_compress_without_data_uses_the_vocabulary_prior(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    result = compress_checkpoint(str(teacher), tmp_path / "out", CompressOptions(ratio=2.0, distill=False))
+    assert result.frequency_source.startswith("vocabulary order")
+    assert result.report["behaviour"] is None and embcompress.load(tmp_path / "out") is not None
+
+
+def test_compress_refuses_an_existing_output_before_loading(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(EmbcompressError, match="already exists"):
+        compress_checkpoint("no-such-model-anywhere", tmp_path / "out", CompressOptions())
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_compress_can_skip_the_report(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    corpus = write_corpus(tmp_path / "corpus.txt", 100)
+    options = CompressOptions(ratio=2.0, data=str(corpus), distill=False, report=False)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    assert result.report is None and not (tmp_path / "out" / REPORT_NAME).exists()
+    assert "## Quality" not in (tmp_path / "out" / "README.md").read_text()

@@ -15,11 +15,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 import embcompress
-from conftest import requires_minilm, requires_smollm2
-from embcompress.api import LoadOptions, load_source, write_checkpoint
-from embcompress.checkpoint import WEIGHTS_NAME, save_model_files
-from embcompress.compress import CompressionResult, FactorizeOptions, factorize_model
+from embcompress.checkpoint import WEIGHTS_NAME, save_model_files, write_checkpoint
+from embcompress.factorize import CompressionResult, FactorizeOptions, factorize_model
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from embcompress.sources import LoadOptions, load_source
+from helpers.models import requires_minilm, requires_smollm2
 
 SENTENCES = ["A man is playing a guitar.", "The stock market fell sharply today.", "Paris is in France."]
 

@@ -9,7 +9,6 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from conftest import forward_logits, make_tiny, requires_minilm
 from embcompress.errors import CheckpointError, ModelSourceError
 from embcompress.sources import (
     ALIASES,
@@ -19,6 +18,7 @@ from embcompress.sources import (
     load_tokenizer,
     resolve_source,
 )
+from helpers.models import forward_logits, make_tiny, requires_minilm
 
 
 def test_local_folder_loads_identically(tiny_model_dir: Callable[[str], Path], tiny_ids: torch.Tensor) -> None:

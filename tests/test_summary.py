@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HIDDEN, VOCAB, make_tiny
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.factorize import FactorizeOptions, factorize_model
 from embcompress.summary import describe_model, energy_curve, rank_for_energy, spectrum_summary
+from helpers.models import HIDDEN, VOCAB, make_tiny
 
 
 def reference_energy(matrix: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTModel
 
-from conftest import HIDDEN, TINY_MODELS, VOCAB, make_tiny
-from embcompress.compress import FactorizeOptions, plan
 from embcompress.errors import EmbcompressError
+from embcompress.factorize import FactorizeOptions, plan
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
 from embcompress.surgery import build_modules, find_targets, install_modules, resolve_paths, swap_module
+from helpers.models import HIDDEN, TINY_MODELS, VOCAB, make_tiny
 
 EXPECTED = {
     # name: (input path, output path, tied)

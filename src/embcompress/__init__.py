@@ -12,14 +12,19 @@ from .hf_integration import register as _register
 
 _register()
 
-from . import api  # noqa: E402
-from .api import LoadOptions, factorize_checkpoint  # noqa: E402
-from .checkpoint import densify, load  # noqa: E402
-from .compress import CompressionResult, FactorizeOptions, factorize_model  # noqa: E402
+from .checkpoint import load  # noqa: E402
 from .config import CompressionConfig, ModuleSpec  # noqa: E402
 from .errors import EmbcompressError  # noqa: E402
+from .factorize import (  # noqa: E402
+    CompressionResult,
+    FactorizeOptions,
+    factorize_checkpoint,
+    factorize_model,
+)
 from .methods import get_method, method_names, register_method  # noqa: E402
 from .modules import FactorizedEmbedding, FactorizedLinear  # noqa: E402
+from .sources import LoadOptions  # noqa: E402
+from .surgery import densify  # noqa: E402
 from .version import FORMAT_VERSION, __version__  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -35,7 +40,6 @@ __all__ = [
     "LoadOptions",
     "ModuleSpec",
     "__version__",
-    "api",
     "densify",
     "factorize_checkpoint",
     "factorize_model",

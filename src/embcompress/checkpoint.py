@@ -7,13 +7,12 @@ interrupted run never leaves a half-written checkpoint and the input folder is n
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ import transformers
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import QUANT_METHOD, CompressionConfig, ModuleSpec
+from .card import render_card
+from .config import QUANT_METHOD, CompressionConfig
 from .errors import CheckpointError, EmbcompressError
 from .modules import FactorizedEmbedding
-from .sources import WEIGHT_SUFFIXES, check_safetensors, model_class
+from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
 from .surgery import build_modules
 from .version import __version__
 
@@ -269,53 +269,20 @@ def load(
     return model.to(device).eval()
 
 
-class ScaledEmbedding(nn.Embedding):
-    """``nn.Embedding`` times a constant, as scaled-embedding architectures (Bart, Gemma...) apply it
-    in their own embedding class; a reloaded dense checkpoint gets that class back from transformers."""
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, embed_scale: float) -> None:
-        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
-        self.embed_scale = embed_scale
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return super().forward(input_ids) * self.embed_scale
-
-
-def _dense_embedding(spec: ModuleSpec, weight: nn.Parameter) -> nn.Embedding:
-    if spec.embed_scale is not None:
-        emb: nn.Embedding = ScaledEmbedding(spec.num_embeddings, spec.embedding_dim, spec.padding_idx, spec.embed_scale)
-    else:
-        emb = nn.Embedding(spec.num_embeddings, spec.embedding_dim, padding_idx=spec.padding_idx)
-    emb.weight = weight
-    return emb
-
-
-def densify(model: nn.Module) -> nn.Module:
-    """Return a copy of a compressed model with the factors multiplied out into dense modules."""
-    from .modules import FactorizedLinear
-    from .surgery import swap_module
-
-    dense = copy.deepcopy(model)
-    qc = getattr(dense.config, "quantization_config", None)
-    config = qc.compression if hasattr(qc, "compression") else CompressionConfig.from_dict(qc)
-    built: dict[str, nn.Module] = {}
-    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
-        module = dense.get_submodule(spec.path)
-        if isinstance(module, FactorizedEmbedding):
-            weight = nn.Parameter(module.dense().detach().clone())
-            emb = _dense_embedding(spec, weight)
-            built[spec.path] = emb
-            for path in (spec.path, *spec.aliases):
-                swap_module(dense, path, emb)
-        elif isinstance(module, FactorizedLinear):
-            head = nn.Linear(spec.embedding_dim, spec.num_embeddings, bias=module.bias is not None)
-            head.weight = built[spec.tied_to].weight if spec.tied_to else nn.Parameter(module.dense().detach().clone())
-            if module.bias is not None:
-                head.bias = module.bias
-            swap_module(dense, spec.path, head)
-    del dense.config.quantization_config
-    dense.is_quantized = False
-    for attr in ("hf_quantizer", "quantization_method", "_tied_weights_keys"):
-        dense.__dict__.pop(attr, None)
-    dense.all_tied_weights_keys = dense.get_expanded_tied_weights_keys(all_submodels=True)
-    return dense
+def write_checkpoint(
+    model: nn.Module,
+    out: Path,
+    source: ModelSource,
+    tokenizer: Any | None,
+    summary: dict[str, Any],
+    overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Atomically write the compressed checkpoint, its summary JSON and its model card
+    (``extra(folder)`` adds more files before the folder is moved into place)."""
+    with atomic_output_dir(out, overwrite) as tmp:
+        save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
+        write_json(tmp / SUMMARY_NAME, summary)
+        (tmp / "README.md").write_text(render_card(source.name, type(model).__name__, summary))
+        if extra is not None:
+            extra(tmp)

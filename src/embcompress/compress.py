@@ -1,344 +1,501 @@
-"""Factorize a model's embeddings in memory: plan (validate), fit, swap, account."""
+"""``embcompress compress``: the measured recipe, end to end, at a target compression ratio.
+
+The recipe (evidence in ``docs/compress.md`` and ``benchmarks/results/quality_per_byte.md``):
+
+1. **Frequencies.** Count the tokens of the training text (``--data``) with the model's tokenizer.
+   Without text, the vocabulary order stands in for frequency (BPE merge order / WordPiece order:
+   much weaker, see the docs).
+2. **Layout.** ``grouped``: the ``dense`` most frequent tokens keep their rows, every other row is a
+   rank-``r`` code on one shared basis; everything stored as per-row int8. ``dense`` and ``r`` are
+   chosen to fill the byte budget ``dense bytes / ratio`` by :func:`choose_layout`.
+3. **Distillation** of the float factors towards the original model (the teacher) on the training
+   text (data-free without ``--data``), within ``max_minutes``.
+4. **int8 factors.** The distilled factors are stored as per-row int8 (cannot be trained, hence last).
+5. **Report** against the teacher and against per-row int8/int4 of the full matrix, on held-out text.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .budget import Budget, budget_from, resolve_rank
-from .config import ROLES, CompressionConfig, ModuleSpec
+from .checkpoint import SUMMARY_NAME, check_output_dir, write_checkpoint
+from .checkpoint import load as load_compressed
+from .data import count_tokens, iter_documents, split_documents
+from .distill import DistillConfig, distill_checkpoint
+from .distill.model_utils import max_positions, model_kind
+from .distill.pipeline import check_data, check_seq_len
+from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
-from .hf_integration import EmbcompressQuantizationConfig
-from .methods import FactorizationMethod, FitContext, get_method
-from .modules import FactorizedEmbedding, FactorizedLinear
-from .quant import dtype_from_name
-from .surgery import EmbeddingTargets, find_targets, install_modules
+from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
+from .frequency import weights_from_counts
+from .methods import get_method
+from .methods.grouped import DENSE, bucket_params
+from .methods.weighted_svd import weighted_singular_values
+from .progress import LoggingReporter, Reporter
+from .report import EvalOptions, ReportOptions, build_report, write_report
+from .report.render import table_markdown
+from .report.tables import glance_table
+from .sources import LoadOptions, ModelSource, load_source
 
 logger = logging.getLogger(__name__)
 
+#: Candidate numbers of dense (most frequent) rows tried by :func:`choose_layout` (with fractions of the vocabulary).
+DENSE_CANDIDATES = (0, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000)
+#: Smallest rank worth keeping for the low-rank rows.
+MIN_TAIL_RANK = 8
+#: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
+DEFAULT_MINUTES = {"encoder": 15.0, "masked": 20.0, "causal": 40.0}
+
 
 @dataclass
-class FactorizeOptions:
-    """What to factorize and how.
+class CompressOptions:
+    """What ``embcompress compress`` does.
 
     Attributes:
-        method: Registered method name (``embcompress.methods.method_names()``).
-        rank: Rank for every target (overridden per target by ``rank_input`` / ``rank_output``).
-        energy: Budget instead of ``rank``: smallest rank keeping this share of spectral energy.
-        ratio: Budget instead of ``rank``: largest rank compressing the stored bytes at least this much.
-        rank_input: Rank of the input embedding.
-        rank_output: Rank of an untied output head.
-        targets: Which matrices to replace: ``("input", "output")`` or one of them.
-        factor_dtype: Storage dtype of the factors.
-        seed: Seed for any randomness in the fit.
-        method_options: Method-specific options.
+        ratio: Target compression of the embedding's stored bytes (fp32 dense = 1).
+        data: Training text (file, folder, JSONL, parquet); ``None``: data-free.
+        eval_data: Text the report is measured on (default: the held-out split of ``data``).
+        max_minutes: Distillation budget (default per model kind: :data:`DEFAULT_MINUTES`).
+        distill: Run the distillation step.
+        heldout_fraction: Share of ``data`` documents never trained on (distillation's early
+            stopping and the report use them).
+        seed: Seed of the fit, the data order and the sampling.
+        text_field: Field / column of JSONL or parquet data.
+        dense_rows / tail_rank: Fix the layout instead of choosing it from the budget.
+        report: Measure and write the report (benchmarks that measure themselves turn it off).
+        distill_overrides: Extra :class:`DistillConfig` fields (``batch_size``, ``lr``...).
     """
 
-    method: str = "svd"
-    rank: int | None = None
-    rank_input: int | None = None
-    rank_output: int | None = None
-    energy: float | None = None
-    ratio: float | None = None
-    targets: tuple[str, ...] = ROLES
-    factor_dtype: str = "float32"
+    ratio: float = 8.0
+    data: str | None = None
+    eval_data: str | None = None
+    max_minutes: float | None = None
+    distill: bool = True
+    heldout_fraction: float = 0.1
     seed: int = 0
-    method_options: dict[str, Any] = field(default_factory=dict)
+    text_field: str | None = None
+    dense_rows: int | None = None
+    tail_rank: int | None = None
+    report: bool = True
+    distill_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FactorizeOptions:
-        data = dict(data)
-        if "targets" in data:
-            data["targets"] = tuple(data["targets"])
+    def from_dict(cls, data: dict[str, Any]) -> CompressOptions:
         return cls(**data)
 
-    def rank_for(self, role: str) -> int | None:
-        specific = self.rank_input if role == "input" else self.rank_output
-        return specific if specific is not None else self.rank
+    def check(self) -> None:
+        """One-line errors before any model is loaded."""
+        if not self.ratio > 1:
+            raise EmbcompressError(f"--ratio must be above 1 (e.g. 8 for int4's size), got {self.ratio}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise EmbcompressError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if not 0 < self.heldout_fraction < 1:
+            raise EmbcompressError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
+        for name in ("dense_rows", "tail_rank"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise EmbcompressError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        for path in (self.data, self.eval_data):
+            if path is not None:
+                check_data(path, DistillConfig(text_field=self.text_field))
 
-    def budget_for(self, role: str) -> Budget | None:
-        """The budget of target ``role``: its own rank if given, else the shared rank/energy/ratio."""
-        specific = self.rank_input if role == "input" else self.rank_output
-        if specific is not None:
-            return budget_from(specific, None, None)
-        return budget_from(self.rank, self.energy, self.ratio)
 
-    def budget(self) -> dict[str, Any]:
-        """The shared budget as JSON (``mode``, ``value``), or ``{}`` when only per-target ranks are given."""
-        shared = budget_from(self.rank, self.energy, self.ratio)
-        return shared.to_dict() if shared is not None else {}
+# -- layout ---------------------------------------------------------------------------------------
 
 
 @dataclass
-class ModuleStats:
-    """Size and fidelity of one replaced matrix."""
+class Layout:
+    """Frequency buckets (most frequent first), each stored whole (``"dense"``) or at its own rank."""
 
-    path: str
-    role: str
-    shape: tuple[int, int]
-    rank: int
-    tied_to: str | None
-    params_before: int
-    params_after: int
-    bytes_before: int
-    bytes_after: int
-    relative_error: float | None
-    weighted_relative_error: float | None = None
-    serving_dense: bool = False
+    sizes: list[int]
+    ranks: list[int | str]
+    nbytes: int
+    lost: float | None = None
 
     @property
-    def ratio(self) -> float:
-        return self.bytes_before / max(self.bytes_after, 1)
+    def dense(self) -> int:
+        """Rows stored whole."""
+        return sum(n for n, r in zip(self.sizes, self.ranks, strict=True) if r == DENSE)
+
+    def method_options(self) -> dict[str, Any]:
+        """The ``grouped`` method's options for this layout."""
+        return {"buckets": list(self.sizes), "bucket_ranks": list(self.ranks)}
+
+    def describe(self) -> str:
+        parts = [
+            f"{n:,} whole" if r == DENSE else f"{n:,} at rank {r}" for n, r in zip(self.sizes, self.ranks, strict=True)
+        ]
+        return " + ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "shape": list(self.shape), "ratio": self.ratio}
+        return {**dataclasses.asdict(self), "dense": self.dense, "description": self.describe()}
 
 
+def layout_bytes(cols: int, sizes: list[int], ranks: list[int | str], scale_bytes: int = 4) -> int:
+    """Stored bytes with int8 factors: one byte per value plus an fp32 scale per stored row (dense
+    rows, code rows and basis rows), and the int32 token permutation."""
+    nbytes = 4 * sum(sizes)
+    for n, r in zip(sizes, ranks, strict=True):
+        nbytes += n * (cols + scale_bytes) if r == DENSE else n * (int(r) + scale_bytes) + int(r) * (cols + scale_bytes)
+    return nbytes
+
+
+def layout_params(cols: int, sizes: list[int], ranks: list[int | str]) -> int:
+    return sum(bucket_params(n, r, cols) for n, r in zip(sizes, ranks, strict=True))
+
+
+def max_layout_params(rows: int, cols: int) -> int:
+    """The parameter budget ``grouped`` accepts at its largest admissible rank (the break-even one)."""
+    return rank_limit(rows, cols, get_method("grouped")) * (rows + cols)
+
+
+def _candidates(rows: int) -> list[tuple[int, int]]:
+    """(dense rows, mid-bucket rows) pairs tried; the rest of the vocabulary is the tail bucket."""
+    dense = sorted({c for c in (*DENSE_CANDIDATES, *(rows // d for d in (64, 32, 16, 8, 4, 2))) if 0 <= c < rows})
+    return sorted({(k, mid) for k in dense for mid in (0, k, 2 * k, 3 * k) if k + mid < rows})
+
+
+def _allocate(
+    spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int, max_params: int, fixed: int
+) -> list[int] | None:
+    """Greedy ranks for the low-rank buckets: each step adds the rank with the most kept weighted
+    energy per byte, within ``budget`` bytes and ``max_params`` parameters (``fixed`` already used)."""
+    ranks = [1] * len(sizes)
+    used = sum(n * 5 + cols + 4 for n in sizes)
+    params = fixed + sum(n + cols for n in sizes)
+    if used > budget or params > max_params:
+        return None
+    # a rank whose factors outgrow the bucket's whole rows is never worth it
+    caps = [min(len(s), cols, (n * cols) // (n + cols + 4)) for s, n in zip(spectra, sizes, strict=True)]
+    while True:
+        best, gain = -1, -1.0
+        for b, (s, n) in enumerate(zip(spectra, sizes, strict=True)):
+            if ranks[b] < caps[b] and used + n + cols + 4 <= budget and params + n + cols <= max_params:
+                g = float(s[ranks[b]] ** 2) / (n + cols + 4)
+                if g > gain:
+                    best, gain = b, g
+        if best < 0:
+            return ranks
+        ranks[best] += 1
+        used += sizes[best] + cols + 4
+        params += sizes[best] + cols
+
+
+class _Spectra:
+    """Weighted singular values of frequency-ordered row ranges ``[start, stop)``, computed once each."""
+
+    def __init__(self, matrix: torch.Tensor, weights: torch.Tensor, order: torch.Tensor) -> None:
+        self.matrix, self.weights, self.order = matrix, weights, order
+        self.total = float((matrix.pow(2).sum(1) * weights).sum())
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        if (start, stop) not in self._cache:
+            rows = self.order[start:stop]
+            self._cache[start, stop] = weighted_singular_values(self.matrix[rows], self.weights[rows])
+        return self._cache[start, stop]
+
+
+def _layout_for(spectrum: _Spectra, dense: int, mid: int, target: int) -> Layout | None:
+    """The best ranks for buckets ``[dense whole, mid, rest]`` within ``target`` bytes, or None."""
+    rows, cols = spectrum.matrix.shape
+    sizes = [n for n in (mid, rows - dense - mid) if n > 0]
+    bounds = [dense, dense + mid, rows] if mid > 0 else [dense, rows]
+    spectra = [spectrum(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
+    max_params = max_layout_params(rows, cols)
+    budget = target - dense * (cols + 4) - 4 * rows
+    ranks = _allocate(spectra, sizes, cols, budget, max_params, dense * cols)
+    if ranks is None or ranks[-1] < min(MIN_TAIL_RANK, cols):
+        return None
+    lost = sum(float(s[r:].pow(2).sum()) for s, r in zip(spectra, ranks, strict=True))
+    all_sizes = ([dense] if dense else []) + sizes
+    all_ranks: list[int | str] = ([DENSE] if dense else []) + list(ranks)
+    return Layout(all_sizes, all_ranks, layout_bytes(cols, all_sizes, all_ranks), lost / max(spectrum.total, 1e-30))
+
+
+def choose_layout(matrix: torch.Tensor, counts: torch.Tensor, target_bytes: int) -> Layout:
+    """The bucket layout within ``target_bytes`` that loses the least token-frequency-weighted energy
+    (weights: raw counts plus 0.5): up to three buckets by frequency (whole rows, a mid rank, a tail
+    rank), bucket sizes from a grid, ranks by a greedy energy-per-byte allocation."""
+    rows, cols = matrix.shape
+    weights = (counts.double().clamp_min(0) + 0.5).float()
+    order = torch.sort(counts, descending=True, stable=True).indices
+    spectrum = _Spectra(matrix.detach().float(), weights, order)
+    best: Layout | None = None
+    for dense, mid in _candidates(rows):
+        layout = _layout_for(spectrum, dense, mid, target_bytes)
+        if layout is None:
+            continue
+        logger.debug("layout candidate %s: weighted energy lost %.5f", layout.describe(), layout.lost)
+        if best is None or layout.lost < best.lost:  # type: ignore[operator]
+            best = layout
+    if best is None:
+        rank = min(MIN_TAIL_RANK, cols)
+        smallest = layout_bytes(cols, [rows], [rank])
+        raise BudgetError(
+            f"--ratio is too high for a {rows}x{cols} embedding: the smallest layout (rank {rank}) takes "
+            f"{smallest:,} bytes; the largest feasible ratio is {math.floor(rows * cols * 4 / smallest * 10) / 10}"
+        )
+    logger.info("layout: %s, %.2f MB, weighted energy lost %.4f", best.describe(), best.nbytes / 1e6, best.lost)
+    return best
+
+
+def fixed_layout(rows: int, cols: int, dense: int, rank: int) -> Layout:
+    """A user-fixed two-bucket layout (``--dense-rows`` / ``--tail-rank``), validated."""
+    dense = min(dense, rows)
+    if dense >= rows:
+        return Layout([rows], [DENSE], layout_bytes(cols, [rows], [DENSE]))
+    if not 1 <= rank <= cols:
+        raise EmbcompressError(f"--tail-rank must be between 1 and {cols}, got {rank}")
+    sizes = [dense, rows - dense] if dense else [rows]
+    ranks: list[int | str] = [DENSE, rank] if dense else [rank]
+    return Layout(sizes, ranks, layout_bytes(cols, sizes, ranks))
+
+
+def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
+    """Largest tail rank of a ``[dense whole, rest]`` layout within ``target`` bytes and the dense
+    parameter count; 0 when none fits."""
+    max_params = max_layout_params(rows, cols)
+    best = 0
+    for rank in range(1, cols + 1):
+        sizes, ranks = ([dense, rows - dense], [DENSE, rank]) if dense else ([rows], [rank])
+        if layout_bytes(cols, sizes, ranks) > target or layout_params(cols, sizes, ranks) > max_params:
+            break
+        best = rank
+    return best
+
+
+def prior_counts(rows: int) -> torch.Tensor:
+    """Pseudo-counts from the vocabulary order (lower id = more frequent), Zipf-shaped."""
+    return 1e6 / (torch.arange(rows, dtype=torch.float64) + 10.0)
+
+
+# -- pipeline ---------------------------------------------------------------------------------------
 @dataclass
-class CompressionResult:
-    """What :func:`factorize_model` did."""
+class CompressResult:
+    """What :func:`compress_checkpoint` did."""
 
-    config: CompressionConfig
-    modules: list[ModuleStats]
-    params_before: int
-    params_after: int
-    budget: dict[str, Any] = field(default_factory=dict)
+    output: Path
+    layout: Layout
+    frequency_source: str
+    summary: dict[str, Any]
+    report: dict[str, Any] | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": self.config.method,
-            "modules": [m.to_dict() for m in self.modules],
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "budget": self.budget,
+            "output": str(self.output),
+            "layout": self.layout.to_dict(),
+            "frequency_source": self.frequency_source,
+            "summary": self.summary,
+            "report": self.report,
         }
 
 
-def break_even_rank(rows: int, cols: int, params_per_rank: int) -> int:
-    """Largest rank whose factors hold fewer parameters than the dense matrix."""
-    return max(0, math.ceil(rows * cols / params_per_rank) - 1)
+def _split_docs(path: str, options: CompressOptions, split: str) -> Any:
+    docs = iter_documents(path, options.text_field)
+    return split_documents(docs, split, options.heldout_fraction, options.seed)
 
 
-def rank_limit(rows: int, cols: int, method: FactorizationMethod) -> int:
-    """Largest admissible rank: below the break-even rank and the matrix dimensions."""
-    return min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
+def frequency_counts(tokenizer: Any, options: CompressOptions, rows: int) -> tuple[torch.Tensor, str]:
+    """Token counts of the training split of ``data``, or the vocabulary-order prior without data."""
+    if options.data is None:
+        logger.warning("no --data: token frequencies come from the vocabulary order; pass --data for better quality")
+        return prior_counts(rows), "vocabulary order (no --data)"
+    if tokenizer is None:
+        raise EmbcompressError("counting token frequencies needs the model's tokenizer, but none could be loaded")
+    counts = count_tokens(tokenizer, _split_docs(options.data, options, "train"), rows, max_tokens=5_000_000)
+    return counts.double(), f"train split of {options.data}"
 
 
-def _check_rank(rank: int | None, role: str, rows: int, cols: int, method: FactorizationMethod) -> int:
-    if rank is None:
-        raise BudgetError(
-            f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
-        )
-    limit = rank_limit(rows, cols, method)
-    if rank <= 0 or rank > limit:
-        raise BudgetError(
-            f"rank {rank} for the {role} embedding ({rows}x{cols}) must be between 1 and {limit}: "
-            f"above {limit} the factors do not reduce the parameter count (break-even rank {limit})"
-        )
-    return rank
+def plan_layout(weight: torch.Tensor, counts: torch.Tensor, options: CompressOptions) -> Layout:
+    """The layout for ``weight``: fixed by the options or chosen to fill ``dense bytes / ratio``."""
+    rows, cols = weight.shape
+    if options.dense_rows is not None and options.tail_rank is not None:
+        return fixed_layout(rows, cols, options.dense_rows, options.tail_rank)
+    target = int(rows * cols * 4 / options.ratio)
+    if options.dense_rows is not None:
+        return fixed_layout(rows, cols, options.dense_rows, largest_tail_rank(rows, cols, options.dense_rows, target))
+    return choose_layout(weight.detach().float(), counts, target)
 
 
-def _check_weights(method: FactorizationMethod, row_weights: torch.Tensor | None, rows: int) -> None:
-    if method.weights_use == "required" and row_weights is None:
-        raise EmbcompressError(f"method '{method.name}' needs token frequencies; pass --freq-data PATH")
-    if method.weights_use == "none" and row_weights is not None:
-        raise EmbcompressError(f"method '{method.name}' does not use token frequencies; drop --freq-data")
-    if row_weights is not None and row_weights.numel() != rows:
-        raise EmbcompressError(f"row weights have {row_weights.numel()} entries but the vocabulary has {rows} rows")
-
-
-def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tuple[str, ...]:
-    bad = [t for t in targets if t not in ROLES]
-    if bad or not targets:
-        raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
-    if "output" in targets and found.output_module is None and targets == ("output",):
-        raise EmbcompressError("target 'output' requested but the model has no output embedding (LM head)")
-    return tuple(t for t in targets if t == "input" or found.output_module is not None)
-
-
-def plan(
-    model: nn.Module, options: FactorizeOptions, row_weights: torch.Tensor | None = None
-) -> tuple[CompressionConfig, EmbeddingTargets]:
-    """Validate ``options`` against ``model``, resolve budgets to ranks and return the specs to build.
-
-    Touches nothing; energy budgets compute the (possibly row-weighted) spectrum of the matrix.
-    """
-    method = get_method(options.method)
-    method.validate_options(options.method_options)
-    dtype_from_name(options.factor_dtype)
-    found = find_targets(model)
-    targets = _validate_targets(tuple(options.targets), found)
-    rows, cols = found.vocab_size, found.hidden_size
-    _check_weights(method, row_weights, rows)
-    specs: list[ModuleSpec] = []
-    for role in [r for r in ROLES if r in targets]:
-        if role == "output" and found.tied and "input" in targets:
-            specs.append(_spec(found, role, options, specs[0].rank, method, tied_to=found.input_path))
-            continue
-        spec = _spec(found, role, options, 1, method)
-        budget = options.budget_for(role)
-        if budget is None:
-            raise BudgetError(
-                f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
-            )
-        weight = (found.input_module if role == "input" else found.output_module).weight.detach()
-        limit = rank_limit(rows, cols, method)
-        spec.rank = _check_rank(
-            resolve_rank(budget, spec, weight, method, limit, row_weights), role, rows, cols, method
-        )
-        method.check_spec(spec)
-        specs.append(spec)
-    config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)
-    return config, found
-
-
-def _spec(
-    found: EmbeddingTargets,
-    role: str,
-    options: FactorizeOptions,
-    rank: int,
-    method: FactorizationMethod,
-    tied_to: str | None = None,
-) -> ModuleSpec:
-    is_input = role == "input"
-    module = found.input_module if is_input else found.output_module
-    return ModuleSpec(
-        path=found.input_path if is_input else found.output_path,
-        role=role,
-        method=options.method,
-        rank=rank,
-        num_embeddings=found.vocab_size,
-        embedding_dim=found.hidden_size,
-        factor_dtype=options.factor_dtype,
-        tied_to=tied_to,
-        aliases=list(found.input_aliases) if is_input else [],
-        padding_idx=module.padding_idx if is_input else None,
-        bias=(not is_input) and getattr(module, "bias", None) is not None,
-        offset=method.uses_offset,
-        embed_scale=_embed_scale(module) if is_input else None,
-        options=dict(options.method_options),
+def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
+    """The distillation settings of the recipe for ``model`` (``distill_overrides`` on top)."""
+    kind = model_kind(model)
+    minutes = options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES[kind]
+    seq_len = min(DistillConfig.seq_len, max_positions(model) or DistillConfig.seq_len)
+    base = {"max_minutes": minutes, "heldout_fraction": options.heldout_fraction, "seed": options.seed}
+    config = DistillConfig.from_dict(
+        {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )
-
-
-def _embed_scale(module: nn.Module) -> float | None:
-    scale = getattr(module, "embed_scale", None)
-    if scale is None:
-        return None
-    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
-
-
-def relative_error(
-    original: torch.Tensor, module: FactorizedEmbedding, row_weights: torch.Tensor | None = None, chunk: int = 8192
-) -> float:
-    """``||W^1/2 (E - E_hat)||_F / ||W^1/2 E||_F`` in row chunks (no full dense copy); ``W`` defaults to 1."""
-    err = ref = 0.0
-    with torch.no_grad():
-        for start in range(0, original.shape[0], chunk):
-            rows = original[start : start + chunk].float()
-            diff2 = (rows - module.dense_rows(start, start + rows.shape[0]).float()).pow(2).sum(1)
-            ref2 = rows.pow(2).sum(1)
-            if row_weights is not None:
-                w = row_weights[start : start + rows.shape[0]].float()
-                diff2, ref2 = diff2 * w, ref2 * w
-            err += float(diff2.sum())
-            ref += float(ref2.sum())
-    return math.sqrt(err / max(ref, 1e-30))
-
-
-def stored_size(module: nn.Module) -> tuple[int, int]:
-    """Parameters and bytes ``module`` stores (shared tensors counted once)."""
-    params = list({id(p): p for p in module.parameters()}.values())
-    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
-
-
-def factorize_model(
-    model: nn.Module,
-    options: FactorizeOptions,
-    row_weights: torch.Tensor | None = None,
-    progress: Any = None,
-) -> CompressionResult:
-    """Replace the embeddings of ``model`` in place with fitted factorized modules.
-
-    Everything is validated before the model is touched. Returns the config to save and per-module
-    size/fidelity statistics.
-    """
-    config, found = plan(model, options, row_weights)
-    params_before = sum(p.numel() for p in model.parameters())
-    method = get_method(options.method)
-    ctx = FitContext(options.seed, row_weights, dict(options.method_options), progress)
-    modules: dict[str, nn.Module] = {}
-    stats: list[ModuleStats] = []
-    for spec in config.modules:
-        dense = found.input_module if spec.role == "input" else found.output_module
-        weight = dense.weight.detach()
-        if spec.tied_to is not None:
-            source = modules[spec.tied_to]
-        else:
-            logger.info("fitting %s (%dx%d) at rank %d with %s", spec.path, *weight.shape, spec.rank, spec.method)
-            source = method.build(spec, weight, ctx)
-        bias = getattr(dense, "bias", None) if spec.role == "output" else None
-        modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
-        stats.append(module_stats(spec, weight, source, row_weights, method.serving_dense))
-    install_modules(model, config, modules)
-    model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
-    params_after = sum(p.numel() for p in model.parameters())
-    budget = {**options.budget(), "ranks": {m.role: m.rank for m in config.modules}}
-    return CompressionResult(config, stats, params_before, params_after, budget)
-
-
-def module_stats(
-    spec: ModuleSpec,
-    weight: torch.Tensor,
-    source: FactorizedEmbedding,
-    row_weights: torch.Tensor | None = None,
-    serving_dense: bool = False,
-) -> ModuleStats:
-    """Size and fidelity of ``source`` (the fitted module of ``spec``) against the dense ``weight``."""
-    dense_params = weight.numel()
-    params, nbytes = (0, 0) if spec.tied_to else stored_size(source)
-    return ModuleStats(
-        path=spec.path,
-        role=spec.role,
-        shape=(int(weight.shape[0]), int(weight.shape[1])),
-        rank=spec.rank,
-        tied_to=spec.tied_to,
-        params_before=0 if spec.tied_to else dense_params,
-        params_after=params,
-        bytes_before=0 if spec.tied_to else dense_params * weight.element_size(),
-        bytes_after=nbytes,
-        relative_error=relative_error(weight, source),
-        weighted_relative_error=None if row_weights is None else relative_error(weight, source, row_weights),
-        serving_dense=serving_dense,
-    )
-
-
-def convert_factor_dtype(model: nn.Module, factor_dtype: str) -> CompressionConfig:
-    """Re-store the factors of a factorized ``model`` as ``factor_dtype`` in place (e.g. int8 after
-    distillation); returns the updated config, also set as the model's ``quantization_config``."""
-    dtype_from_name(factor_dtype)
-    qconfig = getattr(model.config, "quantization_config", None)
-    if not isinstance(qconfig, EmbcompressQuantizationConfig):
-        raise EmbcompressError("the model holds no embcompress factorization to convert")
-    config = copy.deepcopy(qconfig.compression)
-    modules: dict[str, nn.Module] = {}
-    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
-        spec.factor_dtype = factor_dtype
-        current = model.get_submodule(spec.path)
-        if spec.role == "input":
-            modules[spec.path] = current.with_factor_dtype(factor_dtype)
-            continue
-        source = modules[spec.tied_to] if spec.tied_to else current.source.with_factor_dtype(factor_dtype)
-        modules[spec.path] = FactorizedLinear.from_source(source, current.bias)
-    install_modules(model, config, modules)
-    model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
+    config.validate()
+    check_seq_len(model, config)
     return config
+
+
+def _report_options(options: CompressOptions) -> ReportOptions:
+    held = None if options.eval_data is not None else options.heldout_fraction
+    return ReportOptions(
+        eval=EvalOptions(), text_field=options.text_field, heldout_fraction=held, split_seed=options.seed
+    )
+
+
+def final_module_stats(
+    student: nn.Module, teacher: nn.Module, modules: list[dict[str, Any]], counts: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Module statistics re-measured on the final (distilled, re-stored) factors."""
+    weights = weights_from_counts(counts.float(), 0.5, 0.1)
+    out = []
+    for stats in modules:
+        if stats.get("tied_to"):
+            out.append(dict(stats))
+            continue
+        module = student.get_submodule(stats["path"])
+        source = getattr(module, "source", module)
+        original = teacher.get_submodule(stats["path"]).weight.detach()
+        serving_dense = bool(stats.get("serving_dense", False))
+        out.append(module_stats(source.spec, original, source, weights, serving_dense).to_dict())
+    return out
+
+
+def quality_section(report: dict[str, Any]) -> str:
+    """Model-card section with the report's at-a-glance table (student vs int8/int4) and its text."""
+    data = report.get("data") or {}
+    where = (data.get("eval") or {}) if isinstance(data, dict) else {}
+    source = data.get("path") if isinstance(data, dict) else None
+    lines = ["", "## Quality (measured by `embcompress compress`)", ""]
+    if report.get("behaviour") is None:
+        lines.append("No evaluation text was given, so only sizes and matrix errors were measured; run ")
+        lines.append("`embcompress report THIS_FOLDER --data YOUR_TEXT` before shipping.")
+        return "\n".join(lines) + "\n"
+    lines.append(f"Held-out text: `{source}` ({json.dumps(where, sort_keys=True)}).")
+    lines += ["", table_markdown(glance_table(report)), ""]
+    return "\n".join(lines) + "\n"
+
+
+class _Run:
+    """State shared by the steps of one ``compress`` run."""
+
+    def __init__(
+        self, model_name: str, options: CompressOptions, load: LoadOptions, work: Path, reporter: Reporter
+    ) -> None:
+        self.model_name, self.options, self.load, self.work, self.reporter = model_name, options, load, work, reporter
+
+    def factorize(self, model: nn.Module, source: ModelSource, counts: torch.Tensor, layout: Layout) -> dict[str, Any]:
+        """Fit the grouped float factors in place; the summary of ``embcompress factorize``."""
+        rows, cols = model.get_input_embeddings().weight.shape
+        grouped = get_method("grouped")
+        fopts = FactorizeOptions(
+            method="grouped",
+            rank=rank_limit(rows, cols, grouped),
+            factor_dtype="float32",
+            seed=self.options.seed,
+            method_options=layout.method_options(),
+        )
+        with self.reporter.stage("fitting the grouped factors"):
+            result = factorize_model(model, fopts, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
+        return {**result.to_dict(), "source": source.name, "options": fopts.to_dict()}
+
+    def distill(
+        self, model: nn.Module, source: ModelSource, tokenizer: Any, summary: dict[str, Any], config: DistillConfig
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Write the factorized student, distil it towards the original, load the result."""
+        student_dir, distilled = self.work / "factorized", self.work / "distilled"
+        write_checkpoint(model, student_dir, source, tokenizer, summary)
+        distill_checkpoint(
+            str(student_dir),
+            self.model_name,
+            distilled,
+            config,
+            data=self.options.data,
+            load=self.load,
+            state_dir=self.work / "state",
+            reporter=self.reporter,
+        )
+        summary = json.loads((distilled / SUMMARY_NAME).read_text())
+        return load_compressed(distilled), summary
+
+    def extra_files(self, report: dict[str, Any] | None) -> Any:
+        """Writer of the report and the distillation log into the output folder."""
+        log = self.work / "distilled" / LOG_NAME
+
+        def write(folder: Path) -> None:
+            if report is not None:
+                write_report(folder, report)
+                card = folder / "README.md"
+                card.write_text(card.read_text() + quality_section(report))
+            if log.is_file():
+                shutil.copy(log, folder / LOG_NAME)
+
+        return write
+
+
+def compress_checkpoint(
+    model_name: str,
+    out: str | Path,
+    options: CompressOptions,
+    load: LoadOptions | None = None,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> CompressResult:
+    """Run the recipe on ``model_name`` and write the compressed checkpoint (with its report) to ``out``.
+
+    Options, data and output are checked before any model is loaded; intermediate checkpoints live
+    in a temporary folder beside ``out`` and are removed; ``out`` appears only when everything worked.
+    """
+    reporter = reporter or LoggingReporter()
+    load = load or LoadOptions()
+    out_path = Path(out)
+    options.check()
+    check_output_dir(out_path, overwrite)
+    source, model, tokenizer = load_source(model_name, load, reporter)
+    config = distill_config(model, options) if options.distill else None
+    weight = model.get_input_embeddings().weight
+    with reporter.stage("counting token frequencies"):
+        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
+    with reporter.stage("choosing the layout"):
+        layout = plan_layout(weight, counts, options)
+    out_path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.work-", dir=out_path.resolve().parent))
+    run = _Run(model_name, options, load, work, reporter)
+    try:
+        teacher = copy.deepcopy(model)
+        summary = run.factorize(model, source, counts, layout)
+        student = model
+        if config is not None:
+            student, summary = run.distill(model, source, tokenizer, summary, config)
+        with reporter.stage("storing the factors as int8"):
+            convert_factor_dtype(student, "int8")
+        report = None
+        if options.report:
+            report = build_report(
+                student,
+                teacher,
+                tokenizer,
+                options.eval_data or options.data,
+                _report_options(options),
+                student_name=str(out_path),
+                teacher_name=source.name,
+                reporter=reporter,
+            )
+        summary = {**summary, "recipe": {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}}
+        summary["modules"] = final_module_stats(student, teacher, summary.get("modules", []), counts)
+        with reporter.stage(f"writing {out_path}"):
+            write_checkpoint(student, out_path, source, tokenizer, summary, overwrite, run.extra_files(report))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return CompressResult(out_path, layout, origin, summary, report)

@@ -17,7 +17,8 @@ import torch
 import transformers
 from torch import nn
 
-from .errors import CheckpointError, ModelSourceError
+from .errors import CheckpointError, EmbcompressError, ModelSourceError
+from .progress import LoggingReporter, Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +230,45 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any 
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("no tokenizer loaded from %s: %s", source.path, str(exc).splitlines()[0])
         return None
+
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadOptions:
+    """How to load the source model."""
+
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in TORCH_DTYPES:
+            raise EmbcompressError(f"unknown dtype '{self.dtype}'; valid: {', '.join(TORCH_DTYPES)}")
+        return TORCH_DTYPES[self.dtype]
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EmbcompressError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EmbcompressError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+
+
+def load_source(
+    name: str, load: LoadOptions, reporter: Reporter | None = None
+) -> tuple[ModelSource, nn.Module, Any | None]:
+    """Resolve and load ``name`` with its tokenizer."""
+    reporter = reporter or LoggingReporter()
+    load.torch_dtype()
+    check_device(load.device)
+    source = resolve_source(name, load.gguf_file)
+    with reporter.stage(f"loading {source.name}"):
+        model = load_model(source, load.torch_dtype(), load.device, load.trust_remote_code)
+        tokenizer = load_tokenizer(source, load.trust_remote_code)
+    return source, model, tokenizer

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import break_even_rank
+from .factorize import break_even_rank
 from .methods.svd import singular_values
 from .modules import FactorizedEmbedding
 from .surgery import find_targets

@@ -8,13 +8,14 @@ transformers load the factors by name.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import CompressionConfig
+from .config import CompressionConfig, ModuleSpec
 from .errors import EmbcompressError
 from .modules import FactorizedEmbedding, FactorizedLinear
 
@@ -166,3 +167,52 @@ def resolve_paths(model: nn.Module, config: CompressionConfig) -> CompressionCon
         spec.aliases = [fix(a) for a in spec.aliases]
         spec.tied_to = fix(spec.tied_to) if spec.tied_to else None
     return config
+
+
+class ScaledEmbedding(nn.Embedding):
+    """``nn.Embedding`` times a constant, as scaled-embedding architectures (Bart, Gemma...) apply it
+    in their own embedding class; a reloaded dense checkpoint gets that class back from transformers."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, embed_scale: float) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
+
+
+def _dense_embedding(spec: ModuleSpec, weight: nn.Parameter) -> nn.Embedding:
+    if spec.embed_scale is not None:
+        emb: nn.Embedding = ScaledEmbedding(spec.num_embeddings, spec.embedding_dim, spec.padding_idx, spec.embed_scale)
+    else:
+        emb = nn.Embedding(spec.num_embeddings, spec.embedding_dim, padding_idx=spec.padding_idx)
+    emb.weight = weight
+    return emb
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """Return a copy of a compressed model with the factors multiplied out into dense modules."""
+    dense = copy.deepcopy(model)
+    qc = getattr(dense.config, "quantization_config", None)
+    config = qc.compression if hasattr(qc, "compression") else CompressionConfig.from_dict(qc)
+    built: dict[str, nn.Module] = {}
+    for spec in sorted(config.modules, key=lambda s: s.role != "input"):
+        module = dense.get_submodule(spec.path)
+        if isinstance(module, FactorizedEmbedding):
+            weight = nn.Parameter(module.dense().detach().clone())
+            emb = _dense_embedding(spec, weight)
+            built[spec.path] = emb
+            for path in (spec.path, *spec.aliases):
+                swap_module(dense, path, emb)
+        elif isinstance(module, FactorizedLinear):
+            head = nn.Linear(spec.embedding_dim, spec.num_embeddings, bias=module.bias is not None)
+            head.weight = built[spec.tied_to].weight if spec.tied_to else nn.Parameter(module.dense().detach().clone())
+            if module.bias is not None:
+                head.bias = module.bias
+            swap_module(dense, spec.path, head)
+    del dense.config.quantization_config
+    dense.is_quantized = False
+    for attr in ("hf_quantizer", "quantization_method", "_tied_weights_keys"):
+        dense.__dict__.pop(attr, None)
+    dense.all_tied_weights_keys = dense.get_expanded_tied_weights_keys(all_submodels=True)
+    return dense

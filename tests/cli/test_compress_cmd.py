@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 import embcompress
-from distill.distill_helpers import KINDS, make_teacher, make_tokenizer, write_corpus
 from embcompress.cli import app
+from helpers.distill import KINDS, make_teacher, make_tokenizer, write_corpus
 
 
 @pytest.fixture

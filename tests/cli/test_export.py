@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import embcompress
-from conftest import forward_logits
 from embcompress.cli import app
+from helpers.models import forward_logits
 
 # Runs in a fresh interpreter: loads each dense export with transformers only and prints its logits as JSON.
 CHILD = """

@@ -20,10 +20,10 @@ from transformers import ViTConfig, ViTModel
 from typer.testing import CliRunner, Result
 
 import embcompress
-from conftest import VOCAB, forward_logits, make_tiny
 from embcompress.cli import app
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.factorize import FactorizeOptions, factorize_model
 from embcompress.modules import FactorizedEmbedding
+from helpers.models import VOCAB, forward_logits, make_tiny
 
 TOKENIZER_WORDS = 40  # fewer than VOCAB: the model's vocabulary is padded beyond the tokenizer
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import HIDDEN, VOCAB, make_tiny
 from embcompress.cli import app
+from helpers.models import HIDDEN, VOCAB, make_tiny
 
 
 def svd_energy(matrix: torch.Tensor) -> torch.Tensor:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
-from report_helpers import make_tokenizer, tiny_folder, tiny_student, write_text
-
 from embcompress.cli import app
 from embcompress.report import SCHEMA_VERSION
+from helpers.report import make_tokenizer, tiny_folder, tiny_student, write_text
 
 FAST = ["--max-tokens", "128", "--max-docs", "8", "--seq-len", "16", "--batch-size", "4", "--no-speed"]
 

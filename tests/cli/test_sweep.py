@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
-from report_helpers import tiny_folder, write_text
-
 from embcompress.cli import app
+from helpers.report import tiny_folder, write_text
 
 FAST = ["--max-tokens", "128", "--seq-len", "16", "--batch-size", "4"]
 

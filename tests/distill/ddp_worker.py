@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from embcompress.api import LoadOptions
 from embcompress.distill import DistillConfig, distill_checkpoint, make_accelerator
+from embcompress.sources import LoadOptions
 
 
 def main(root: Path) -> None:

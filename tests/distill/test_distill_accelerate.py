@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill_helpers import build_pair, write_corpus
 from safetensors.torch import load_file
 
 from embcompress.distill.trainer import tensors_digest
+from helpers.distill import build_pair, write_corpus
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

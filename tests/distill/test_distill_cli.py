@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from distill_helpers import build_pair, make_tokenizer, single_thread, write_corpus
 from typer.testing import CliRunner
 
 import embcompress
 from embcompress.cli import app
+from helpers.distill import build_pair, make_tokenizer, single_thread, write_corpus
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 FAST = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", "2", "--eval-windows", "4"]

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from distill_helpers import make_tokenizer, single_thread, write_corpus
 
 from embcompress.distill import DistillConfig, LossWeights, losses
 from embcompress.distill.batches import CorpusBatches, RandomTokenBatches
 from embcompress.distill.trainer import lr_factor, mask_tokens
 from embcompress.errors import EmbcompressError
+from helpers.distill import make_tokenizer, single_thread, write_corpus
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 

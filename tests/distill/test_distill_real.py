@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import embcompress
-from conftest import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
-from embcompress.api import LoadOptions, factorize_checkpoint
-from embcompress.compress import FactorizeOptions
 from embcompress.distill import DistillConfig, distill_checkpoint
+from embcompress.factorize import FactorizeOptions, factorize_checkpoint
+from embcompress.sources import LoadOptions
+from helpers.models import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
 
 pytestmark = [pytest.mark.slow, requires_pydocs]
 

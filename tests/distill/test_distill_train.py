@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from distill_helpers import build_pair, make_tokenizer, single_thread, write_corpus
 from safetensors.torch import load_file
 
 import embcompress
@@ -28,6 +27,7 @@ from embcompress.distill.batches import CorpusBatches
 from embcompress.distill.state import LAST, STATE_JSON, TRAINABLE
 from embcompress.distill.trainer import LOG_NAME, make_accelerator
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from helpers.distill import build_pair, make_tokenizer, single_thread, write_corpus
 
 FAST = {"batch_size": 4, "seq_len": 16, "eval_windows": 8, "lr": 1e-2}
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from methods_helpers import single_thread
 from typer.testing import CliRunner, Result
 
 import embcompress
-from conftest import make_tiny
 from embcompress.cli import app
 from embcompress.methods.grouped import GroupedEmbedding
+from helpers.methods import single_thread
+from helpers.models import make_tiny
 
 WORDS = [f"w{i}" for i in range(60)]
 

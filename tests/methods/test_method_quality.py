@@ -6,15 +6,15 @@ import itertools
 
 import pytest
 import torch
-from methods_helpers import METHOD_OPTIONS, single_thread, weights_for, zipf_weights
 
-from conftest import make_tiny
-from embcompress.compress import FactorizeOptions, factorize_model, relative_error
 from embcompress.config import ModuleSpec
+from embcompress.factorize import FactorizeOptions, factorize_model, relative_error
 from embcompress.methods import FitContext, get_method
 from embcompress.methods.grouped import DENSE, GroupedEmbedding, allocate_ranks
 from embcompress.methods.nmf import column_shift
 from embcompress.methods.nonlinear import NonlinearEmbedding
+from helpers.methods import METHOD_OPTIONS, single_thread, weights_for, zipf_weights
+from helpers.models import make_tiny
 
 ROWS, COLS = 96, 16
 

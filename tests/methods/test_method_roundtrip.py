@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from methods_helpers import METHOD_OPTIONS, single_thread, weights_for
 from safetensors.torch import load_file
 
 import embcompress
-from conftest import forward_logits, make_tiny
 from embcompress.checkpoint import WEIGHTS_NAME, save_model_files
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.factorize import FactorizeOptions, factorize_model
 from embcompress.methods import get_method, method_names
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from helpers.methods import METHOD_OPTIONS, single_thread, weights_for
+from helpers.models import forward_logits, make_tiny
 
 RANK = 4
 

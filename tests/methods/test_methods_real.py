@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from methods_helpers import single_thread
 from typer.testing import CliRunner
 
 import embcompress
-from conftest import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
 from embcompress.cli import app
-from embcompress.compress import FactorizeOptions, factorize_model, relative_error
+from embcompress.factorize import FactorizeOptions, factorize_model, relative_error
 from embcompress.frequency import FrequencyOptions, token_frequencies
 from embcompress.sources import load_model, load_tokenizer, resolve_source
+from helpers.methods import single_thread
+from helpers.models import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
 
 pytestmark = pytest.mark.slow
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)

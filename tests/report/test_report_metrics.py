@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from report_helpers import tiny_folder, tiny_student, write_text
 
 import embcompress
 from embcompress.quant import fake_quantize_rows, quantized_nbytes
@@ -19,6 +18,7 @@ from embcompress.report.buckets import BUCKETS, frequency_buckets
 from embcompress.report.builder import quantized_copy
 from embcompress.report.speed import measure_speed
 from embcompress.sources import ModelSource, load_model, load_tokenizer
+from helpers.report import tiny_folder, tiny_student, write_text
 
 OPTIONS = ReportOptions(eval=EvalOptions(max_tokens=256, max_docs=16, seq_len=16, batch_size=4), speed_repeats=1)
 

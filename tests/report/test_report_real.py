@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 import embcompress
-from conftest import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
-from embcompress.api import LoadOptions, factorize_checkpoint, load_source
-from embcompress.compress import FactorizeOptions
 from embcompress.data import iter_documents, split_documents
+from embcompress.factorize import FactorizeOptions, factorize_checkpoint
 from embcompress.quant import quantized_nbytes
 from embcompress.report import EvalOptions, ReportOptions, build_report, to_html
+from embcompress.sources import LoadOptions, load_source
+from helpers.models import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
 
 pytestmark = [pytest.mark.slow, requires_pydocs]
 

@@ -8,7 +8,6 @@ import subprocess
 import tempfile
 
 import pytest
-from report_helpers import tiny_folder, tiny_student, write_text
 
 import embcompress
 from embcompress.report import (
@@ -23,6 +22,7 @@ from embcompress.report import (
     write_report,
 )
 from embcompress.sources import ModelSource, load_model, load_tokenizer
+from helpers.report import tiny_folder, tiny_student, write_text
 
 OPTIONS = ReportOptions(eval=EvalOptions(max_docs=8, seq_len=16, batch_size=4), speed_repeats=1)
 TOP_KEYS = {

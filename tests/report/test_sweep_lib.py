@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_helpers import tiny_folder, write_text
 
 from embcompress.errors import EmbcompressError
 from embcompress.methods import method_names
 from embcompress.report import EvalOptions, ReportOptions, SweepGrid, prepare_evaluation, run_sweep, sweep_html
 from embcompress.report.sweep import pareto_front
 from embcompress.sources import ModelSource, load_model, load_tokenizer
+from helpers.report import tiny_folder, write_text
 
 OPTIONS = ReportOptions(eval=EvalOptions(max_tokens=128, seq_len=16, batch_size=4))
 

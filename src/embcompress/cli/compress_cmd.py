@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..api import LoadOptions
 from ..checkpoint import check_outside_input
-from ..recipe import CompressOptions, CompressResult, compress_checkpoint
+from ..compress import CompressOptions, CompressResult, compress_checkpoint
 from ..report.tables import mb
+from ..sources import LoadOptions
 from . import app
 from ._common import (
     AutoDevice,

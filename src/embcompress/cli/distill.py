@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..api import LoadOptions
 from ..distill import DistillConfig, DistillInterrupted, DistillResult, LossWeights, distill_checkpoint
+from ..sources import LoadOptions
 from . import app
 from ._common import (
     AutoDevice,

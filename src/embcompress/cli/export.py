@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..api import export_dense
 from ..checkpoint import check_outside_input
 from ..errors import EmbcompressError
+from ..export import export_dense
 from . import app
 from ._common import JsonOut, Overwrite, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
 

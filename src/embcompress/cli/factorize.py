@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..api import LoadOptions, factorize_checkpoint
 from ..checkpoint import check_outside_input
-from ..compress import CompressionResult, FactorizeOptions
+from ..factorize import CompressionResult, FactorizeOptions, factorize_checkpoint
 from ..frequency import FrequencyOptions
 from ..methods import method_names, parse_method_options
+from ..sources import LoadOptions
 from . import app
 from ._common import (
     GgufFile,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..api import LoadOptions, load_source
+from ..sources import LoadOptions, load_source
 from ..summary import describe_model
 from . import app
 from ._common import GgufFile, JsonOut, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout

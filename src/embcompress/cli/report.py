@@ -10,7 +10,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ..api import LoadOptions, load_source
 from ..checkpoint import load as load_compressed
 from ..checkpoint import read_compression_config
 from ..errors import CheckpointError, EmbcompressError
@@ -18,7 +17,7 @@ from ..report import EvalOptions, ReportOptions, build_report, report_json, to_h
 from ..report.builder import SUMMARY_NAME, check_vocabularies
 from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
-from ..sources import load_model, load_tokenizer, resolve_source
+from ..sources import LoadOptions, load_model, load_source, load_tokenizer, resolve_source
 from . import app
 from ._common import RichReporter, Verbose, console, handle_errors, setup_logging, stdout
 

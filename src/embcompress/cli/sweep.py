@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
-from ..api import LoadOptions, load_source
 from ..errors import EmbcompressError
 from ..methods import method_names
 from ..report import EvalOptions, ReportOptions, SweepGrid, prepare_evaluation, report_json, run_sweep, sweep_html
 from ..report.sweep import available_methods, save_dir_writer
+from ..sources import LoadOptions, load_source
 from . import app
 from ._common import GgufFile, JsonOut, RichReporter, Verbose, console, handle_errors, parse_csv, setup_logging, stdout
 from .report import check_html_path, rich_table, write_html

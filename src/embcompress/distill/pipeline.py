@@ -13,7 +13,6 @@ import torch
 import transformers
 from torch import nn
 
-from ..api import LoadOptions, load_source
 from ..card import render_card
 from ..checkpoint import (
     SUMMARY_NAME,
@@ -27,6 +26,7 @@ from ..checkpoint import load as load_compressed
 from ..data import corpus_files, iter_documents
 from ..errors import CheckpointError, EmbcompressError
 from ..progress import LoggingReporter, Reporter
+from ..sources import LoadOptions, load_source
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from ..compress import FactorizeOptions, factorize_model
 from ..config import ROLES
 from ..errors import EmbcompressError
+from ..factorize import FactorizeOptions, factorize_model
 from ..methods import get_method, method_names
 from ..methods.svd import singular_values
 from ..progress import LoggingReporter, Reporter
@@ -196,7 +196,7 @@ def _reference_points(
 
 def save_dir_writer(folder: Path, source: Any, tokenizer: Any) -> Any:
     """A ``save`` callback writing each point as a checkpoint under ``folder``."""
-    from ..api import write_checkpoint
+    from ..checkpoint import write_checkpoint
 
     def save(model: nn.Module, name: str, summary: dict[str, Any]) -> Path:
         out = folder / name

@@ -8,9 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from conftest import VOCAB, make_tiny
-from embcompress.api import factorize_checkpoint
-from embcompress.compress import FactorizeOptions
+from embcompress.factorize import FactorizeOptions, factorize_checkpoint
+from helpers.models import VOCAB, make_tiny
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>"]
 WORDS = [f"w{i}" for i in range(VOCAB - len(SPECIALS))]

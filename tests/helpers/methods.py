@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from conftest import VOCAB
+from helpers.models import VOCAB
 
 #: Every registered method with options that keep the tiny fits fast.
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {

@@ -13,9 +13,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from conftest import VOCAB, make_tiny
 from embcompress.checkpoint import SUMMARY_NAME, save_model_files, write_json
-from embcompress.compress import FactorizeOptions, factorize_model
+from embcompress.factorize import FactorizeOptions, factorize_model
+from helpers.models import VOCAB, make_tiny
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"]
 NOUNS = [

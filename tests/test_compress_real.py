@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 import embcompress
-from conftest import PYDOCS, requires_minilm, requires_pydocs
+from embcompress.compress import CompressOptions, compress_checkpoint
 from embcompress.data import iter_documents, split_documents
 from embcompress.quant import fake_quantize_rows, quantized_nbytes
-from embcompress.recipe import CompressOptions, compress_checkpoint
 from embcompress.sources import load_model, load_tokenizer, resolve_source
+from helpers.models import PYDOCS, requires_minilm, requires_pydocs
 
 pytestmark = [pytest.mark.slow, requires_minilm, requires_pydocs]
 

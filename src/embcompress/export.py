@@ -1,0 +1,25 @@
+"""Export a compressed checkpoint for runtimes that cannot import embcompress."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import atomic_output_dir, check_output_dir, save_model_files
+from .checkpoint import load as load_compressed
+from .sources import ModelSource
+from .surgery import densify
+
+
+def export_dense(folder: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False) -> nn.Module:
+    """Write a vanilla transformers checkpoint of a compressed model (factors multiplied out)."""
+    out_path = Path(out)
+    check_output_dir(out_path, overwrite)
+    model = load_compressed(folder)
+    dense = densify(model)
+    src = ModelSource(str(folder), "local", Path(folder))
+    with atomic_output_dir(out_path, overwrite) as tmp:
+        save_model_files(dense, tmp, src.path)
+    return dense
