@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .version import __version__
@@ -30,26 +31,45 @@ def module_table(modules: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(source: str, architecture: str, summary: dict[str, Any]) -> str:
-    """The README.md text for a compressed checkpoint."""
-    return f"""---
-library_name: transformers
-tags: [embcompress, compressed-embeddings]
----
-# {source} with factorized token embeddings
+def distill_section(distill: dict[str, Any]) -> str:
+    """Markdown lines on a distillation run (from a summary's ``distill`` entry)."""
+    data = distill.get("data")
+    return "\n".join(
+        [
+            "## Distillation",
+            "",
+            f"Distilled from `{distill.get('teacher')}` for {distill['steps']} steps / {distill['tokens']:,} tokens "
+            f"({'data-free' if data is None else data}); stop: {distill['stop_reason']}, "
+            f"best step {distill['best_step']}.",
+            "",
+            f"Held-out ({distill['eval_split']}) before: {json.dumps(distill['before'], sort_keys=True)}",
+            "",
+            f"Held-out after: {json.dumps(distill['after'], sort_keys=True)}",
+            "",
+        ]
+    )
 
-Produced by [embcompress](https://pypi.org/project/embcompress/) {__version__} from `{source}`
-({architecture}), method `{summary["method"]}`.
 
-{module_table(summary["modules"])}
+def render_card(source: str, architecture: str, summary: dict[str, Any], quality: str | None = None) -> str:
+    """The README.md text of a compressed checkpoint: sizes, the distillation run and the measured
+    quality table when there are any, and how to load it. The only place a model card is written."""
+    sections = [_header(source, architecture, summary)]
+    if summary.get("distill"):
+        sections.append(distill_section(summary["distill"]))
+    if quality is not None:
+        sections.append(f"## Quality (measured by `embcompress compress`)\n\n{quality}\n")
+    else:
+        sections.append(_NO_QUALITY)
+    sections.append(_LOADING)
+    return "\n".join(sections)
 
-Parameters: {summary["params_before"]:,} -> {summary["params_after"]:,}.
 
-Quality numbers above are matrix reconstruction errors only. Run `embcompress report` on your own
+_NO_QUALITY = """Quality numbers above are matrix reconstruction errors only. Run `embcompress report` on your own
 text to measure what the compression costs in behaviour, and compare with the per-row int8/int4
 reference rows it prints.
+"""
 
-## Loading
+_LOADING = """## Loading
 
 ```python
 import embcompress                      # registers the "embcompress" quantization method
@@ -61,4 +81,20 @@ model = AutoModel.from_pretrained("path/to/this/folder")  # plain transformers a
 Without `import embcompress`, transformers does not know the `embcompress` quantization method
 and would initialise the embeddings at random. For runtimes that cannot import embcompress, write a
 dense copy with `embcompress export --dense THIS_FOLDER -o OUT`.
+"""
+
+
+def _header(source: str, architecture: str, summary: dict[str, Any]) -> str:
+    return f"""---
+library_name: transformers
+tags: [embcompress, compressed-embeddings]
+---
+# {source} with factorized token embeddings
+
+Produced by [embcompress](https://pypi.org/project/embcompress/) {__version__} from `{source}`
+({architecture}), method `{summary.get("method", "unknown")}`.
+
+{module_table(summary.get("modules", []))}
+
+Parameters: {summary.get("params_before", 0):,} -> {summary.get("params_after", 0):,}.
 """

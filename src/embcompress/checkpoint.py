@@ -277,12 +277,14 @@ def write_checkpoint(
     summary: dict[str, Any],
     overwrite: bool = False,
     extra: Callable[[Path], None] | None = None,
+    quality: str | None = None,
 ) -> None:
-    """Atomically write the compressed checkpoint, its summary JSON and its model card
-    (``extra(folder)`` adds more files before the folder is moved into place)."""
+    """Atomically write the compressed checkpoint, its summary JSON and its model card (with the
+    ``quality`` table when measured); ``extra(folder)`` adds more files before the folder is moved into place."""
     with atomic_output_dir(out, overwrite) as tmp:
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
-        (tmp / "README.md").write_text(render_card(source.name, type(model).__name__, summary))
+        name = str(summary.get("source", source.name))
+        (tmp / "README.md").write_text(render_card(name, type(model).__name__, summary, quality))
         if extra is not None:
             extra(tmp)

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import SUMMARY_NAME, check_output_dir, write_checkpoint
-from .checkpoint import load as load_compressed
+from .checkpoint import check_output_dir, write_checkpoint
 from .data import count_tokens, iter_documents, split_documents
-from .distill import DistillConfig, distill_checkpoint
+from .distill import DistillConfig, distill_model, make_accelerator
 from .distill.model_utils import max_positions, model_kind
 from .distill.pipeline import check_data, check_seq_len
 from .distill.trainer import LOG_NAME
@@ -45,9 +41,8 @@ from .methods.grouped import DENSE, bucket_params
 from .methods.weighted_svd import weighted_singular_values
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
-from .report.render import table_markdown
-from .report.tables import glance_table
-from .sources import LoadOptions, ModelSource, load_source
+from .report.render import glance_markdown
+from .sources import LoadOptions, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -288,17 +283,18 @@ def prior_counts(rows: int) -> torch.Tensor:
 # -- pipeline ---------------------------------------------------------------------------------------
 @dataclass
 class CompressResult:
-    """What :func:`compress_checkpoint` did."""
+    """What :func:`compress_model` did (``output``: where :func:`compress_checkpoint` wrote it)."""
 
-    output: Path
     layout: Layout
     frequency_source: str
     summary: dict[str, Any]
     report: dict[str, Any] | None
+    log: str = ""
+    output: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "output": str(self.output),
+            "output": None if self.output is None else str(self.output),
             "layout": self.layout.to_dict(),
             "frequency_source": self.frequency_source,
             "summary": self.summary,
@@ -372,76 +368,79 @@ def final_module_stats(
     return out
 
 
-def quality_section(report: dict[str, Any]) -> str:
-    """Model-card section with the report's at-a-glance table (student vs int8/int4) and its text."""
-    data = report.get("data") or {}
-    where = (data.get("eval") or {}) if isinstance(data, dict) else {}
-    source = data.get("path") if isinstance(data, dict) else None
-    lines = ["", "## Quality (measured by `embcompress compress`)", ""]
-    if report.get("behaviour") is None:
-        lines.append("No evaluation text was given, so only sizes and matrix errors were measured; run ")
-        lines.append("`embcompress report THIS_FOLDER --data YOUR_TEXT` before shipping.")
-        return "\n".join(lines) + "\n"
-    lines.append(f"Held-out text: `{source}` ({json.dumps(where, sort_keys=True)}).")
-    lines += ["", table_markdown(glance_table(report)), ""]
-    return "\n".join(lines) + "\n"
+def check_model(model: nn.Module, options: CompressOptions) -> DistillConfig | None:
+    """Checks that need the model but touch nothing; the distillation settings when distilling."""
+    return distill_config(model, options) if options.distill else None
 
 
-class _Run:
-    """State shared by the steps of one ``compress`` run."""
+def _factorize(model: nn.Module, counts: torch.Tensor, layout: Layout, seed: int, reporter: Reporter) -> dict[str, Any]:
+    """Fit the grouped float factors in place; the summary of ``embcompress factorize``."""
+    rows, cols = model.get_input_embeddings().weight.shape
+    options = FactorizeOptions(
+        method="grouped",
+        rank=rank_limit(rows, cols, get_method("grouped")),
+        factor_dtype="float32",
+        seed=seed,
+        method_options=layout.method_options(),
+    )
+    with reporter.stage("fitting the grouped factors"):
+        result = factorize_model(model, options, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
+    return {**result.to_dict(), "options": options.to_dict()}
 
-    def __init__(
-        self, model_name: str, options: CompressOptions, load: LoadOptions, work: Path, reporter: Reporter
-    ) -> None:
-        self.model_name, self.options, self.load, self.work, self.reporter = model_name, options, load, work, reporter
 
-    def factorize(self, model: nn.Module, source: ModelSource, counts: torch.Tensor, layout: Layout) -> dict[str, Any]:
-        """Fit the grouped float factors in place; the summary of ``embcompress factorize``."""
-        rows, cols = model.get_input_embeddings().weight.shape
-        grouped = get_method("grouped")
-        fopts = FactorizeOptions(
-            method="grouped",
-            rank=rank_limit(rows, cols, grouped),
-            factor_dtype="float32",
-            seed=self.options.seed,
-            method_options=layout.method_options(),
-        )
-        with self.reporter.stage("fitting the grouped factors"):
-            result = factorize_model(model, fopts, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
-        return {**result.to_dict(), "source": source.name, "options": fopts.to_dict()}
+def compress_model(
+    model: nn.Module,
+    tokenizer: Any,
+    options: CompressOptions,
+    model_name: str = "model",
+    device: str = "cpu",
+    reporter: Reporter | None = None,
+) -> CompressResult:
+    """Run the recipe on ``model`` in place: factorize -> distill -> int8 factors -> report.
 
-    def distill(
-        self, model: nn.Module, source: ModelSource, tokenizer: Any, summary: dict[str, Any], config: DistillConfig
-    ) -> tuple[nn.Module, dict[str, Any]]:
-        """Write the factorized student, distil it towards the original, load the result."""
-        student_dir, distilled = self.work / "factorized", self.work / "distilled"
-        write_checkpoint(model, student_dir, source, tokenizer, summary)
-        distill_checkpoint(
-            str(student_dir),
-            self.model_name,
-            distilled,
-            config,
-            data=self.options.data,
-            load=self.load,
-            state_dir=self.work / "state",
-            reporter=self.reporter,
-        )
-        summary = json.loads((distilled / SUMMARY_NAME).read_text())
-        return load_compressed(distilled), summary
+    The teacher is a copy of ``model`` taken before anything changes; options and the model are
+    checked before that. ``model_name`` names the teacher in the summary and the report.
+    """
+    reporter = reporter or LoggingReporter()
+    options.check()
+    config = check_model(model, options)
+    weight = model.get_input_embeddings().weight
+    with reporter.stage("counting token frequencies"):
+        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
+    with reporter.stage("choosing the layout"):
+        layout = plan_layout(weight, counts, options)
+    teacher = copy.deepcopy(model)
+    summary = {**_factorize(model, counts, layout, options.seed, reporter), "source": model_name}
+    log = ""
+    if config is not None:
+        result = distill_model(
+            model, teacher, tokenizer, config, options.data, teacher_name=model_name,
+            accelerator=make_accelerator(device), reporter=reporter,
+        )  # fmt: skip
+        summary["distill"] = {**result.to_dict(), "config": config.to_dict(), "teacher": model_name}
+        summary["distill"]["data"] = options.data
+        log = result.log
+    with reporter.stage("storing the factors as int8"):
+        convert_factor_dtype(model, "int8")
+    report = _report(model, teacher, tokenizer, options, model_name, reporter) if options.report else None
+    summary["recipe"] = {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}
+    summary["modules"] = final_module_stats(model, teacher, summary.get("modules", []), counts)
+    return CompressResult(layout, origin, summary, report, log)
 
-    def extra_files(self, report: dict[str, Any] | None) -> Any:
-        """Writer of the report and the distillation log into the output folder."""
-        log = self.work / "distilled" / LOG_NAME
 
-        def write(folder: Path) -> None:
-            if report is not None:
-                write_report(folder, report)
-                card = folder / "README.md"
-                card.write_text(card.read_text() + quality_section(report))
-            if log.is_file():
-                shutil.copy(log, folder / LOG_NAME)
-
-        return write
+def _report(
+    student: nn.Module, teacher: nn.Module, tokenizer: Any, options: CompressOptions, name: str, reporter: Reporter
+) -> dict[str, Any]:
+    return build_report(
+        student,
+        teacher,
+        tokenizer,
+        options.eval_data or options.data,
+        _report_options(options),
+        student_name=f"{name} (compressed)",
+        teacher_name=name,
+        reporter=reporter,
+    )
 
 
 def compress_checkpoint(
@@ -452,10 +451,11 @@ def compress_checkpoint(
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> CompressResult:
-    """Run the recipe on ``model_name`` and write the compressed checkpoint (with its report) to ``out``.
+    """Load ``model_name`` once, :func:`compress_model` it, and write the checkpoint (with its report,
+    model card and distillation log) to ``out`` atomically.
 
-    Options, data and output are checked before any model is loaded; intermediate checkpoints live
-    in a temporary folder beside ``out`` and are removed; ``out`` appears only when everything worked.
+    Options, data and output are checked before any model is loaded; ``out`` appears only when
+    everything worked.
     """
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions()
@@ -463,39 +463,16 @@ def compress_checkpoint(
     options.check()
     check_output_dir(out_path, overwrite)
     source, model, tokenizer = load_source(model_name, load, reporter)
-    config = distill_config(model, options) if options.distill else None
-    weight = model.get_input_embeddings().weight
-    with reporter.stage("counting token frequencies"):
-        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
-    with reporter.stage("choosing the layout"):
-        layout = plan_layout(weight, counts, options)
-    out_path.resolve().parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.work-", dir=out_path.resolve().parent))
-    run = _Run(model_name, options, load, work, reporter)
-    try:
-        teacher = copy.deepcopy(model)
-        summary = run.factorize(model, source, counts, layout)
-        student = model
-        if config is not None:
-            student, summary = run.distill(model, source, tokenizer, summary, config)
-        with reporter.stage("storing the factors as int8"):
-            convert_factor_dtype(student, "int8")
-        report = None
-        if options.report:
-            report = build_report(
-                student,
-                teacher,
-                tokenizer,
-                options.eval_data or options.data,
-                _report_options(options),
-                student_name=str(out_path),
-                teacher_name=source.name,
-                reporter=reporter,
-            )
-        summary = {**summary, "recipe": {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}}
-        summary["modules"] = final_module_stats(student, teacher, summary.get("modules", []), counts)
-        with reporter.stage(f"writing {out_path}"):
-            write_checkpoint(student, out_path, source, tokenizer, summary, overwrite, run.extra_files(report))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return CompressResult(out_path, layout, origin, summary, report)
+    result = compress_model(model, tokenizer, options, source.name, load.device, reporter)
+    result.output = out_path
+    quality = glance_markdown(result.report) if result.report is not None else None
+
+    def extra(folder: Path) -> None:
+        if result.report is not None:
+            write_report(folder, result.report)
+        if result.log:
+            (folder / LOG_NAME).write_text(result.log)
+
+    with reporter.stage(f"writing {out_path}"):
+        write_checkpoint(model, out_path, source, tokenizer, result.summary, overwrite, extra, quality)
+    return result

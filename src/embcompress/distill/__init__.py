@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import DEFAULT_WEIGHTS, DistillConfig, LossWeights
-from .pipeline import distill_checkpoint
+from .pipeline import distill_checkpoint, distill_model
 from .trainer import DistillDiverged, Distiller, DistillInterrupted, DistillResult, make_accelerator
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "Distiller",
     "LossWeights",
     "distill_checkpoint",
+    "distill_model",
     "make_accelerator",
 ]

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from accelerate import Accelerator
 from torch import nn
 
-from ..card import render_card
 from ..checkpoint import (
     SUMMARY_NAME,
-    atomic_output_dir,
     check_output_dir,
     read_compression_config,
-    save_model_files,
-    write_json,
+    write_checkpoint,
 )
 from ..checkpoint import load as load_compressed
 from ..data import corpus_files, iter_documents
 from ..errors import CheckpointError, EmbcompressError
 from ..progress import LoggingReporter, Reporter
-from ..sources import LoadOptions, load_source
+from ..sources import LoadOptions, ModelSource, load_source
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig
@@ -137,6 +138,70 @@ def build_batches(
     return source, eval_batches, split
 
 
+def distill_model(
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer: Any,
+    config: DistillConfig,
+    data: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    teacher_name: str = "teacher",
+    accelerator: Accelerator | None = None,
+    reporter: Reporter | None = None,
+) -> DistillResult:
+    """Distil the factorized ``student`` towards ``teacher`` in memory; the student ends holding its best factors.
+
+    ``state_dir`` keeps the training checkpoints that ``resume`` continues from (a temporary folder when
+    not given). Under ``accelerate launch`` every process calls this with its own copy of both models;
+    ``accelerator`` defaults to :func:`make_accelerator` (CUDA when available).
+    """
+    reporter = reporter or LoggingReporter()
+    config = config.with_default_budget()
+    config.validate()
+    config.data_free = data is None
+    if cache_dir is not None and data is None:
+        raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
+    check_data(data, config)
+    kind = check_pair(student, teacher, tokenizer, tokenizer)
+    check_seq_len(student, config)
+    accelerator = accelerator or make_accelerator()
+    with contextlib.ExitStack() as stack:
+        if state_dir is not None:
+            prepare_state_dir(Path(state_dir), resume, False, accelerator.is_main_process)
+        states = Path(state_dir) if state_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        rank, world = accelerator.process_index, accelerator.num_processes
+        teacher = teacher.to(accelerator.device)
+        batches, eval_batches, split = build_batches(kind, data, tokenizer, teacher, config, rank, world)
+        cache = None
+        if cache_dir is not None:
+            fingerprint = {"teacher": teacher_name, "data": str(data), "world": world, **config.to_dict()}
+            cache = TeacherCache(Path(cache_dir), {k: fingerprint[k] for k in _CACHE_KEYS}, rank)
+        distiller = Distiller(
+            student,
+            teacher,
+            tokenizer,
+            config,
+            kind,
+            batches,
+            eval_batches,
+            split,
+            accelerator,
+            states,
+            resume=resume,
+            reporter=reporter,
+            cache=cache,
+        )
+        result = distiller.train()
+        if distiller.student is not student:
+            student.load_state_dict(distiller.student.state_dict())
+        log = states / LOG_NAME
+        result.log = log.read_text() if log.is_file() else ""
+    accelerator.wait_for_everyone()
+    return result
+
+
 def distill_checkpoint(
     student: str | os.PathLike[str],
     teacher: str,
@@ -151,16 +216,14 @@ def distill_checkpoint(
     keep_state: bool = False,
     reporter: Reporter | None = None,
 ) -> DistillResult:
-    """Distil the factorized student at ``student`` towards ``teacher`` and write ``out``.
+    """Load the student checkpoint and the teacher, :func:`distill_model`, and write ``out`` atomically.
 
-    Everything that can be checked without training (options, output, data, models, vocab,
-    sequence length) is checked first; the output is written atomically at the end.
+    Everything that can be checked without training (options, output, data, models, vocab, sequence
+    length) is checked before any model is loaded or trained.
     """
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions(device="cuda" if torch.cuda.is_available() else "cpu")
-    config = config.with_default_budget()
-    config.validate()
-    config.data_free = data is None
+    config.with_default_budget().validate()
     out_path = Path(out)
     check_output_dir(out_path, overwrite)
     if cache_dir is not None and data is None:
@@ -169,46 +232,26 @@ def distill_checkpoint(
     if not Path(student).is_dir():
         raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
     read_compression_config(Path(student))
-    accelerator = make_accelerator(load.device)
     states = Path(state_dir) if state_dir else default_state_dir(out_path)
+    accelerator = make_accelerator(load.device)
     prepare_state_dir(states, resume, overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     with reporter.stage(f"loading student {student}"):
         s_model, s_tok, s_summary = load_student(student, "cpu")
     _source, t_model, t_tok = load_source(teacher, LoadOptions(**{**load.__dict__, "device": "cpu"}), reporter)
-    kind = check_pair(s_model, t_model, s_tok, t_tok)
-    check_seq_len(s_model, config)
+    check_pair(s_model, t_model, s_tok, t_tok)
     tokenizer = s_tok or t_tok
-    rank, world = accelerator.process_index, accelerator.num_processes
-    t_model = t_model.to(accelerator.device)
-    batches, eval_batches, split = build_batches(kind, data, tokenizer, t_model, config, rank, world)
-    cache = None
-    if cache_dir is not None:
-        fingerprint = {"teacher": teacher, "data": str(data), "world": world, **config.to_dict()}
-        cache = TeacherCache(Path(cache_dir), {k: fingerprint[k] for k in _CACHE_KEYS}, rank)
-    distiller = Distiller(
-        s_model,
-        t_model,
-        tokenizer,
-        config,
-        kind,
-        batches,
-        eval_batches,
-        split,
-        accelerator,
-        states,
-        resume=resume,
-        reporter=reporter,
-        cache=cache,
+    result = distill_model(
+        s_model, t_model, tokenizer, config, data, states, resume, cache_dir, teacher, accelerator, reporter
     )
-    result = distiller.train()
     if accelerator.is_main_process:
         summary = _summary(s_summary, result, config, student, teacher, data)
         with reporter.stage(f"writing {out_path}"):
-            write_output(distiller.student, out_path, Path(student), tokenizer, summary, overwrite, states)
+            write_log = functools.partial(_write_log, log=result.log)
+            src = ModelSource(str(student), "local", Path(student))
+            write_checkpoint(s_model, out_path, src, tokenizer, summary, overwrite, write_log)
         if not keep_state:
             shutil.rmtree(states, ignore_errors=True)
-    accelerator.wait_for_everyone()
     return result
 
 
@@ -248,39 +291,6 @@ def _summary(
     return {**base, "distill": distill}
 
 
-def write_output(
-    model: nn.Module,
-    out: Path,
-    student_dir: Path,
-    tokenizer: Any,
-    summary: dict[str, Any],
-    overwrite: bool,
-    states: Path,
-) -> None:
-    """Atomically write the distilled checkpoint (same format as ``factorize``) with its log."""
-    with atomic_output_dir(out, overwrite) as tmp:
-        save_model_files(model, tmp, student_dir, tokenizer)
-        write_json(tmp / SUMMARY_NAME, summary)
-        if (states / LOG_NAME).is_file():
-            shutil.copy(states / LOG_NAME, tmp / LOG_NAME)
-        (tmp / "README.md").write_text(_card(model, summary))
-
-
-def _card(model: nn.Module, summary: dict[str, Any]) -> str:
-    d = summary["distill"]
-    head = ""
-    if all(k in summary for k in ("method", "modules", "params_before", "params_after")):
-        head = render_card(str(summary.get("source", d["student"])), type(model).__name__, summary)
-    lines = [
-        "",
-        "## Distillation",
-        "",
-        f"Distilled from `{d['teacher']}` for {d['steps']} steps / {d['tokens']:,} tokens "
-        f"({'data-free' if d['data'] is None else d['data']}); stop: {d['stop_reason']}, best step {d['best_step']}.",
-        "",
-        f"Held-out ({d['eval_split']}) before: {json.dumps(d['before'], sort_keys=True)}",
-        "",
-        f"Held-out after: {json.dumps(d['after'], sort_keys=True)}",
-        "",
-    ]
-    return head + "\n".join(lines)
+def _write_log(folder: Path, log: str) -> None:
+    if log:
+        (folder / LOG_NAME).write_text(log)

@@ -93,6 +93,8 @@ class DistillResult:
     params_digest: str = ""
     cache: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The JSON-lines training log of the run (written into checkpoints beside the weights).
+    log: str = ""
 
     @property
     def tokens_per_second(self) -> float:

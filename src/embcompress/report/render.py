@@ -6,7 +6,7 @@ import html
 from typing import Any
 
 from .plots import bucket_behaviour_figure, bucket_error_figure, pareto_figure, spectrum_figure
-from .tables import TableData, needs_text_note, report_tables
+from .tables import TableData, glance_table, needs_text_note, report_tables
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -23,6 +23,20 @@ def table_markdown(table: TableData) -> str:
     if table.caption:
         lines += ["", f"_{table.caption}_"]
     return "\n".join(lines) + "\n"
+
+
+def glance_markdown(report: dict[str, Any]) -> str:
+    """The at-a-glance table (the model against int8/int4 and the teacher) with the text it was measured on."""
+    data = report.get("data") or {}
+    where = data.get("eval") or {} if isinstance(data, dict) else {}
+    source = data.get("path") if isinstance(data, dict) else None
+    if report.get("behaviour") is None:
+        return (
+            "No evaluation text was given, so only sizes and matrix errors were measured; run\n"
+            "`embcompress report THIS_FOLDER --data YOUR_TEXT` before shipping."
+        )
+    where_text = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
+    return f"Held-out text: `{source}` ({where_text}).\n\n{table_markdown(glance_table(report))}"
 
 
 def title_of(report: dict[str, Any]) -> str:
