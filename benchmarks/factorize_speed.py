@@ -40,8 +40,8 @@ import torch
 import embcompress
 from embcompress.factorize import FactorizeOptions, factorize_checkpoint
 from embcompress.methods import FitContext, get_method, method_names
-from embcompress.methods.svd import truncated_svd
 from embcompress.sources import LoadOptions, load_source
+from embcompress.spectral import truncated_svd
 
 logger = logging.getLogger("factorize_speed")
 Row = dict[str, Any]

@@ -10,8 +10,7 @@ from embcompress.config import ModuleSpec
 from embcompress.errors import BudgetError, EmbcompressError
 from embcompress.factorize import FactorizeOptions, factorize_model, plan
 from embcompress.methods import get_method
-from embcompress.methods.svd import singular_values
-from embcompress.summary import energy_curve
+from embcompress.spectral import energy_curve, singular_values
 from helpers.models import HIDDEN, VOCAB, make_tiny
 
 DENSE_BYTES = VOCAB * HIDDEN * 4

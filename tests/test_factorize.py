@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from embcompress.errors import BudgetError, EmbcompressError
-from embcompress.factorize import FactorizeOptions, break_even_rank, factorize_model, plan
+from embcompress.factorize import FactorizeOptions, factorize_model, plan
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from embcompress.spectral import break_even_rank
 from helpers.models import HIDDEN, VOCAB, forward_logits, make_tiny
 
 BREAK_EVEN = VOCAB * HIDDEN // (VOCAB + HIDDEN)  # 13 for 96 x 16; capped by min(rows, cols) = 16

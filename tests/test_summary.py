@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from embcompress.factorize import FactorizeOptions, factorize_model
-from embcompress.summary import describe_model, energy_curve, rank_for_energy, spectrum_summary
+from embcompress.spectral import energy_curve, rank_for_energy
+from embcompress.summary import describe_model, spectrum_summary
 from helpers.models import HIDDEN, VOCAB, make_tiny
 
 

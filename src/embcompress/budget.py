@@ -22,7 +22,7 @@ import torch
 from .config import ModuleSpec
 from .errors import BudgetError
 from .methods import FactorizationMethod
-from .methods.svd import singular_values
+from .spectral import energy_curve, rank_for_energy, singular_values
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,6 @@ def spectrum(matrix: torch.Tensor, method: FactorizationMethod, row_weights: tor
 
 def rank_for_energy_budget(energy: float, singular: torch.Tensor, limit: int, role: str, weighted: bool = False) -> int:
     """Smallest rank keeping ``energy``; an error naming the nearest feasible energy above ``limit``."""
-    from .summary import energy_curve, rank_for_energy
-
     rank = min(rank_for_energy(singular, energy), len(singular))
     if rank > limit:
         best = float(energy_curve(singular)[limit - 1])

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -200,8 +201,6 @@ def expected_factor_keys(config: CompressionConfig) -> set[str]:
 
 
 def _stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         check_safetensors(file)

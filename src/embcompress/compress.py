@@ -30,19 +30,20 @@ from torch import nn
 from .checkpoint import check_output_dir, write_checkpoint
 from .data import count_tokens, iter_documents, split_documents
 from .distill import DistillConfig, distill_model, make_accelerator
-from .distill.model_utils import max_positions, model_kind
+from .distill.model_utils import max_positions
 from .distill.pipeline import check_data, check_seq_len
 from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
 from .frequency import weights_from_counts
+from .kinds import ModelKind, model_kind
 from .methods import get_method
 from .methods.grouped import DENSE, bucket_params
-from .methods.weighted_svd import weighted_singular_values
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
 from .sources import LoadOptions, load_source
+from .spectral import weighted_singular_values
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ DENSE_CANDIDATES = (0, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 
 #: Smallest rank worth keeping for the low-rank rows.
 MIN_TAIL_RANK = 8
 #: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
-DEFAULT_MINUTES = {"encoder": 15.0, "masked": 20.0, "causal": 40.0}
+DEFAULT_MINUTES = {ModelKind.ENCODER: 15.0, ModelKind.MASKED_LM: 20.0, ModelKind.CAUSAL_LM: 40.0}
 
 
 @dataclass

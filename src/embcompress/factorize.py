@@ -26,6 +26,7 @@ from .modules import FactorizedEmbedding, FactorizedLinear
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
 from .sources import LoadOptions, load_source
+from .spectral import break_even_rank
 from .surgery import EmbeddingTargets, find_targets, install_modules
 
 logger = logging.getLogger(__name__)
@@ -129,11 +130,6 @@ class CompressionResult:
             "params_after": self.params_after,
             "budget": self.budget,
         }
-
-
-def break_even_rank(rows: int, cols: int, params_per_rank: int) -> int:
-    """Largest rank whose factors hold fewer parameters than the dense matrix."""
-    return max(0, math.ceil(rows * cols / params_per_rank) - 1)
 
 
 def rank_limit(rows: int, cols: int, method: FactorizationMethod) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import EmbcompressError
+
 FACTOR_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -44,8 +46,6 @@ def quantized_nbytes(rows: int, cols: int, bits: int) -> int:
 
 def dtype_from_name(name: str) -> torch.dtype:
     """Map a factor dtype name to a torch dtype, with a clear error for unknown names."""
-    from .errors import EmbcompressError
-
     if name not in FACTOR_DTYPES:
         raise EmbcompressError(f"unknown factor dtype '{name}'; valid: {', '.join(FACTOR_DTYPES)}")
     return FACTOR_DTYPES[name]

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
 from torch import nn
 
 from .errors import CheckpointError, EmbcompressError, ModelSourceError
@@ -89,8 +91,6 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def resolve_hub(name: str) -> ModelSource:
     """Resolve a hub id through the local cache, going online only if the cache misses."""
-    from huggingface_hub import snapshot_download
-
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*", "*.gguf"]
     try:
         path = snapshot_download(name, allow_patterns=patterns, local_files_only=True)
@@ -143,8 +143,6 @@ def check_model_folder(source: ModelSource) -> None:
 
 def check_safetensors(file: Path) -> list[str]:
     """Read a safetensors header; raise :class:`CheckpointError` if the file is corrupt."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(file), framework="pt") as handle:
             return list(handle.keys())

@@ -7,24 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .factorize import break_even_rank
-from .methods.svd import singular_values
 from .modules import FactorizedEmbedding
+from .spectral import break_even_rank, energy_curve, rank_for_energy, singular_values
 from .surgery import find_targets
 
 ENERGY_RANKS = (16, 32, 64, 128, 256, 512)
-
-
-def energy_curve(singular: torch.Tensor) -> torch.Tensor:
-    """Cumulative share of spectral energy (sum of squared singular values) kept by each rank."""
-    energy = singular.double().pow(2)
-    return (energy.cumsum(0) / energy.sum().clamp_min(1e-30)).float()
-
-
-def rank_for_energy(singular: torch.Tensor, energy: float) -> int:
-    """Smallest rank keeping at least ``energy`` of the spectral energy."""
-    curve = energy_curve(singular)
-    return int(torch.searchsorted(curve, torch.tensor(energy - 1e-7, dtype=curve.dtype)).item()) + 1
 
 
 def spectrum_summary(matrix: torch.Tensor) -> dict[str, Any]:

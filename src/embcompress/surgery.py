@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import CompressionConfig, ModuleSpec
 from .errors import EmbcompressError
+from .methods import get_method
 from .modules import FactorizedEmbedding, FactorizedLinear
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ def build_modules(
     config: CompressionConfig, compute_dtype: torch.dtype, device: torch.device | str | None = None
 ) -> dict[str, nn.Module]:
     """Create empty factorized modules for every spec (tied heads share their source)."""
-    from .methods import get_method
-
     modules: dict[str, nn.Module] = {}
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
         cls = get_method(spec.method).module_class

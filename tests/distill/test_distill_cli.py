@@ -75,7 +75,7 @@ def test_mismatched_teachers_are_refused(tmp_path: Path, pair: tuple[Path, Path,
     _, student, corpus = pair
     other_teacher, _ = build_pair(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path, "bert-mlm")
     code, _, err = run("distill", student, "--teacher", other_teacher, "--data", corpus, "-o", tmp_path / "o", *FAST)
-    _assert_refused(code, err, "student is a causal model", tmp_path)
+    _assert_refused(code, err, "student is a causal-lm model", tmp_path)
 
     wide = build_pair(tmp_path / "y" if (tmp_path / "y").mkdir() is None else tmp_path, "llama-tied")[0]
     tok = make_tokenizer("causal")

@@ -26,6 +26,7 @@ from embcompress.distill import (
 from embcompress.distill.batches import CorpusBatches
 from embcompress.distill.state import LAST, STATE_JSON, TRAINABLE
 from embcompress.distill.trainer import LOG_NAME, make_accelerator
+from embcompress.kinds import ModelKind
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
 from helpers.distill import build_pair, make_tokenizer, single_thread, write_corpus
 
@@ -166,7 +167,7 @@ def _distiller(tmp_path: Path, corpus: Path, cfg: DistillConfig) -> Distiller:
     held, split = batches.heldout(cfg.eval_windows)
     teacher = transformers.LlamaForCausalLM.from_pretrained(str(teacher_dir))
     return Distiller(
-        embcompress.load(student_dir), teacher, tok, cfg, "causal", batches, held, split,
+        embcompress.load(student_dir), teacher, tok, cfg, ModelKind.CAUSAL_LM, batches, held, split,
         make_accelerator("cpu"), tmp_path / "state",
     )  # fmt: skip
 

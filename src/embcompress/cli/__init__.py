@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+import torch
 import typer
 
 from .. import __version__
@@ -28,8 +29,6 @@ def _threads(value: int | None) -> int | None:
     if value is not None:
         if value <= 0:
             raise typer.BadParameter(f"must be a positive integer, got {value}")
-        import torch
-
         torch.set_num_threads(value)
     return value
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
+import torch
+import transformers
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -34,8 +36,6 @@ def auto_device(device: str | None) -> str:
     """``device`` or, when not given, ``cuda`` if available else ``cpu``."""
     if device is not None:
         return device
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -64,8 +64,6 @@ def handle_errors(fn: F) -> F:
 
 def setup_logging(verbose: bool) -> None:
     """Library logs go through rich on stderr; transformers stays quiet unless verbose."""
-    import transformers
-
     level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, handlers=[RichHandler(console=console, show_path=False)], force=True)
     logging.getLogger("embcompress").setLevel(logging.INFO if verbose else logging.WARNING)

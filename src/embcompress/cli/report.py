@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,6 @@ def load_student(name: str, dtype: str, device: str) -> tuple[Any, Any, Path | N
 
 def default_teacher(student_dir: Path | None) -> str:
     """The ``source`` recorded in the student's ``embcompress.json``."""
-    import json
 
     summary = student_dir / SUMMARY_NAME if student_dir else None
     if summary is not None and summary.is_file():

@@ -10,6 +10,7 @@ import typer
 from ..errors import EmbcompressError
 from ..methods import method_names
 from ..report import EvalOptions, ReportOptions, SweepGrid, prepare_evaluation, report_json, run_sweep, sweep_html
+from ..report.render import sweep_tables
 from ..report.sweep import available_methods, save_dir_writer
 from ..sources import LoadOptions, load_source
 from . import app
@@ -91,7 +92,6 @@ def sweep(
     if json_out:
         sys.stdout.write(report_json(result))
         return
-    from ..report.render import sweep_tables
 
     for table in sweep_tables(result):
         stdout.print(rich_table(table))

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EmbcompressError
+from ..kinds import ModelKind
 
-MODEL_KINDS = ("causal", "masked", "encoder")
 TRAIN_MODES = ("factors", "factors+norms", "all")
 HIDDEN_LOSSES = ("cosine", "mse")
 
@@ -32,7 +32,7 @@ class LossWeights:
     recon: float | None = None
     lm: float | None = None
 
-    def resolved(self, kind: str) -> dict[str, float]:
+    def resolved(self, kind: ModelKind) -> dict[str, float]:
         """Concrete weights for ``kind`` with defaults filled in."""
         defaults = DEFAULT_WEIGHTS[kind]
         return {name: float(v if v is not None else defaults[name]) for name, v in dataclasses.asdict(self).items()}
@@ -46,10 +46,10 @@ class LossWeights:
 
 
 #: Default loss weights per model kind. Encoders have no logits: hidden + pooled are the signal.
-DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
-    "causal": {"kl": 1.0, "hidden": 0.0, "pooled": 0.0, "recon": 0.0, "lm": 0.0},
-    "masked": {"kl": 1.0, "hidden": 0.0, "pooled": 0.0, "recon": 0.0, "lm": 0.0},
-    "encoder": {"kl": 0.0, "hidden": 1.0, "pooled": 1.0, "recon": 0.0, "lm": 0.0},
+DEFAULT_WEIGHTS: dict[ModelKind, dict[str, float]] = {
+    ModelKind.CAUSAL_LM: {"kl": 1.0, "hidden": 0.0, "pooled": 0.0, "recon": 0.0, "lm": 0.0},
+    ModelKind.MASKED_LM: {"kl": 1.0, "hidden": 0.0, "pooled": 0.0, "recon": 0.0, "lm": 0.0},
+    ModelKind.ENCODER: {"kl": 0.0, "hidden": 1.0, "pooled": 1.0, "recon": 0.0, "lm": 0.0},
 }
 
 

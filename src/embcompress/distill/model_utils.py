@@ -15,20 +15,6 @@ from ..modules import FactorizedEmbedding, FactorizedLinear
 logger = logging.getLogger(__name__)
 
 
-def model_kind(model: nn.Module) -> str:
-    """``causal``, ``masked`` or ``encoder`` (a bare encoder such as ``BertModel``)."""
-    name = type(model).__name__
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise EmbcompressError(f"distill supports causal LMs, masked LMs and encoders, not encoder-decoder {name}")
-    if "ForCausalLM" in name or name.endswith("LMHeadModel"):
-        return "causal"
-    if "ForMaskedLM" in name:
-        return "masked"
-    if "For" not in name:
-        return "encoder"
-    raise EmbcompressError(f"distill supports causal LMs, masked LMs and bare encoders, not {name}")
-
-
 def factorized_sources(model: nn.Module) -> list[tuple[str, FactorizedEmbedding]]:
     """The factor-owning modules: (role, module) for the input embedding and an untied head."""
     found: list[tuple[str, FactorizedEmbedding]] = []

@@ -26,12 +26,13 @@ from ..checkpoint import (
 from ..checkpoint import load as load_compressed
 from ..data import corpus_files, iter_documents
 from ..errors import CheckpointError, EmbcompressError
+from ..kinds import ModelKind, model_kind
 from ..progress import LoggingReporter, Reporter
 from ..sources import LoadOptions, ModelSource, load_source
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig
-from .model_utils import max_positions, model_kind
+from .model_utils import max_positions
 from .trainer import LOG_NAME, Distiller, DistillResult, make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,10 @@ def build_batches(
 ) -> tuple[Any, list[Batch], str]:
     """Training batch source, held-out batches and the held-out split's name."""
     if data is not None:
-        source: Any = CorpusBatches(data, tokenizer, config, per_document=kind == "encoder", rank=rank, world=world)
-    elif kind == "causal":
+        source: Any = CorpusBatches(
+            data, tokenizer, config, per_document=kind == ModelKind.ENCODER, rank=rank, world=world
+        )
+    elif kind == ModelKind.CAUSAL_LM:
         source = SampledBatches(make_sampler(teacher, tokenizer, config), tokenizer, config, rank, world)
     else:
         source = RandomTokenBatches(tokenizer, teacher.config.vocab_size, config, rank, world)

@@ -17,10 +17,11 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast
 from torch import nn
 
 from ..errors import EmbcompressError
+from ..kinds import ModelKind
 from ..progress import LoggingReporter, Reporter
 from . import losses
 from .batches import Batch, derive_seed
@@ -130,7 +131,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-PRIMARY = {"causal": "kl", "masked": "kl", "encoder": "distance"}
+PRIMARY = {ModelKind.CAUSAL_LM: "kl", ModelKind.MASKED_LM: "kl", ModelKind.ENCODER: "distance"}
 
 
 class Distiller:
@@ -245,7 +246,7 @@ class Distiller:
     # -- losses -----------------------------------------------------------------------------------
     def _inputs(self, batch: Batch, key_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         ids, mask, chosen = batch.input_ids, batch.attention_mask, None
-        if self.kind == "masked" and self.tokenizer.mask_token_id is not None:
+        if self.kind == ModelKind.MASKED_LM and self.tokenizer.mask_token_id is not None:
             ids, chosen = mask_tokens(
                 ids, mask, self.tokenizer.mask_token_id, self.cfg.mlm_probability, key_seed, self.special
             )
@@ -292,7 +293,7 @@ class Distiller:
         if w["recon"] > 0 and self.recon_pairs:
             terms["recon"] = self._reconstruction(ids, seed)
         if w["lm"] > 0 and out.logits is not None:
-            if self.kind == "causal":
+            if self.kind == ModelKind.CAUSAL_LM:
                 terms["lm"] = losses.causal_lm(out.logits, ids, mask)
             elif chosen is not None:
                 terms["lm"] = losses.masked_lm(out.logits, batch.input_ids.to(ids.device), chosen)
@@ -323,14 +324,14 @@ class Distiller:
             with self.acc.autocast():
                 t = forward(self.teacher, ids, mask, self.kind, (), False)
                 s = forward(self.student, ids, mask, self.kind, (), False)
-            if self.kind == "encoder":
+            if self.kind == ModelKind.ENCODER:
                 add("cosine", losses.pooled_cosine(s.last_hidden, t.last_hidden, mask).sum())  # type: ignore[arg-type]
                 add("n", ids.shape[0])
                 continue
             n = float(mask.sum())
             add("kl", losses.kl_logits(s.logits, t.logits, mask, 1.0) * n)  # type: ignore[arg-type]
             add("n", n)
-            if self.kind == "causal":
+            if self.kind == ModelKind.CAUSAL_LM:
                 pairs = float(mask[:, 1:].sum())
                 add("ce_student", losses.causal_lm(s.logits, ids, mask) * pairs)  # type: ignore[arg-type]
                 add("ce_teacher", losses.causal_lm(t.logits, ids, mask) * pairs)  # type: ignore[arg-type]
@@ -342,11 +343,11 @@ class Distiller:
         return self._metrics(sums)
 
     def _metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        if self.kind == "encoder":
+        if self.kind == ModelKind.ENCODER:
             cos = sums["cosine"] / sums["n"]
             return {"cosine": cos, "distance": 1.0 - cos}
         metrics = {"kl": sums["kl"] / sums["n"]}
-        if self.kind == "causal":
+        if self.kind == ModelKind.CAUSAL_LM:
             ce_s, ce_t = sums["ce_student"] / sums["pairs"], sums["ce_teacher"] / sums["pairs"]
             metrics.update(ppl_student=math.exp(ce_s), ppl_teacher=math.exp(ce_t), ppl_ratio=math.exp(ce_s - ce_t))
         elif sums.get("masked"):
@@ -356,8 +357,6 @@ class Distiller:
     def _primary(self, metrics: dict[str, float]) -> float:
         value = torch.tensor([metrics[PRIMARY[self.kind]]], device=self.acc.device, dtype=torch.float64)
         if self.acc.num_processes > 1:
-            from accelerate.utils import broadcast
-
             value = broadcast(value, from_process=0)
         return float(value.item())
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import ModuleSpec
+from ..errors import EmbcompressError
 from ..modules import FactorizedEmbedding
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -66,8 +67,6 @@ class FactorizationMethod:
 
     def validate_options(self, options: dict[str, Any]) -> None:
         """Reject options this method does not take."""
-        from ..errors import EmbcompressError
-
         unknown = sorted(set(options) - self.option_names)
         if unknown:
             allowed = ", ".join(sorted(self.option_names)) or "none"

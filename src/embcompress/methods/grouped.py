@@ -29,8 +29,9 @@ from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import FactorizedEmbedding
 from ..quant import dequantize_rows, dtype_from_name
+from ..spectral import weighted_singular_values
 from .base import FactorizationMethod, FitContext
-from .weighted_svd import require_weights, weighted_singular_values, weighted_subspace
+from .weighted_svd import require_weights, weighted_subspace
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import EmbcompressError
+from ..spectral import truncated_svd
 from .base import FactorizationMethod, Factors, FitContext
-from .svd import truncated_svd
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,12 @@ def hals_nmf(
 
 def sklearn_nmf(x: torch.Tensor, rank: int, max_iter: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference solver: scikit-learn's coordinate-descent NMF with NNDSVDa initialisation."""
-    from sklearn.decomposition import NMF
+    try:
+        from sklearn.decomposition import NMF  # optional: only this reference solver needs scikit-learn
+    except ImportError:
+        raise EmbcompressError(
+            "NMF solver 'sklearn' needs scikit-learn: pip install 'embcompress[sklearn]' (or use solver=hals)"
+        ) from None
 
     model = NMF(n_components=rank, init="nndsvda", solver="cd", max_iter=max_iter, random_state=seed)
     w = model.fit_transform(x.cpu().numpy())

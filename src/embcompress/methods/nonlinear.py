@@ -34,8 +34,9 @@ from ..config import ModuleSpec
 from ..errors import EmbcompressError
 from ..modules import FactorizedEmbedding
 from ..quant import dtype_from_name
+from ..spectral import truncated_svd
 from .base import FactorizationMethod, FitContext
-from .svd import balanced_factors, truncated_svd
+from .svd import balanced_factors
 
 logger = logging.getLogger(__name__)
 

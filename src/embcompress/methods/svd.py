@@ -7,78 +7,10 @@ from typing import ClassVar
 
 import torch
 
+from ..spectral import truncated_svd
 from .base import FactorizationMethod, Factors, FitContext
 
 logger = logging.getLogger(__name__)
-
-#: Above this many multiply-adds for the Gram matrix, the randomized solver is used.
-GRAM_FLOP_LIMIT = 2e11
-_CHUNK_ROWS = 16384
-
-
-def gram_matrix(matrix: torch.Tensor) -> torch.Tensor:
-    """``M.T @ M`` in float64, accumulated over row chunks to bound memory."""
-    cols = matrix.shape[1]
-    gram = torch.zeros(cols, cols, dtype=torch.float64, device=matrix.device)
-    for start in range(0, matrix.shape[0], _CHUNK_ROWS):
-        chunk = matrix[start : start + _CHUNK_ROWS].double()
-        gram += chunk.T @ chunk
-    return gram
-
-
-def singular_values(matrix: torch.Tensor) -> torch.Tensor:
-    """All singular values of ``matrix`` (descending), from the eigenvalues of its Gram matrix."""
-    evals = torch.linalg.eigvalsh(gram_matrix(matrix))
-    return evals.clamp_min(0).sqrt().flip(0).float()
-
-
-def _svd_gram(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    evals, evecs = torch.linalg.eigh(gram_matrix(matrix))
-    evals, evecs = evals.flip(0)[:rank].clamp_min(0), evecs.flip(1)[:, :rank]
-    s = evals.sqrt()
-    v = evecs.to(matrix.dtype)
-    u = (matrix @ v) / s.clamp_min(1e-12).to(matrix.dtype)
-    return u, s.to(matrix.dtype), v.T
-
-
-def _svd_randomized(
-    matrix: torch.Tensor, rank: int, seed: int, oversample: int = 10, niter: int = 4
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        q = min(rank + oversample, min(matrix.shape))
-        u, s, v = torch.svd_lowrank(matrix, q=q, niter=niter)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return u[:, :rank], s[:rank], v[:, :rank].T
-
-
-def truncated_svd(
-    matrix: torch.Tensor, rank: int, solver: str = "auto", seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``rank`` SVD ``(U, S, Vh)`` of a float matrix.
-
-    ``solver``: ``"gram"`` (exact, eigen-decomposition of ``M.T M`` in float64; fast when one
-    side is small), ``"randomized"`` (``torch.svd_lowrank``, for very large matrices),
-    ``"full"`` (``torch.linalg.svd``) or ``"auto"``.
-    """
-    m = matrix.detach().float()
-    rows, cols = m.shape
-    if solver == "auto":
-        solver = "gram" if rows * cols * cols <= GRAM_FLOP_LIMIT else "randomized"
-    logger.debug("truncated SVD of %dx%d at rank %d with the %s solver", rows, cols, rank, solver)
-    if solver == "gram":
-        if cols > rows:
-            u, s, vh = _svd_gram(m.T, rank)
-            return vh.T, s, u.T
-        return _svd_gram(m, rank)
-    if solver == "randomized":
-        return _svd_randomized(m, rank, seed)
-    if solver == "full":
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
-        return u[:, :rank], s[:rank], vh[:rank]
-    raise ValueError(f"unknown SVD solver '{solver}'; valid: auto, gram, randomized, full")
 
 
 def balanced_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> Factors:

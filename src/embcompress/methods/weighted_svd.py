@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import EmbcompressError
+from ..spectral import truncated_svd
 from .base import FactorizationMethod, Factors, FitContext
-from .svd import truncated_svd
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,6 @@ def weighted_subspace(
     _, s, vh = truncated_svd(scaled, rank, solver, seed)
     root = s.clamp_min(1e-12).sqrt()
     return Factors(codes=(m @ vh.T) / root, basis=root[:, None] * vh)
-
-
-def weighted_singular_values(matrix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Singular values of ``diag(sqrt w) E`` (descending), for weighted energy budgets."""
-    from .svd import singular_values
-
-    return singular_values(matrix.detach().float() * weights.to(matrix.device).float().sqrt()[:, None])
 
 
 class WeightedSVDMethod(FactorizationMethod):

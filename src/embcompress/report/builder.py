@@ -16,12 +16,12 @@ import transformers
 from torch import nn
 
 from ..checkpoint import SUMMARY_NAME, write_json
+from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
-from ..methods.svd import singular_values
 from ..progress import LoggingReporter, Reporter
 from ..quant import fake_quantize_rows
-from ..summary import energy_curve
+from ..spectral import energy_curve, singular_values
 from ..surgery import find_targets
 from ..version import __version__
 from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
@@ -361,8 +361,6 @@ def provenance_section(student: nn.Module, student_dir: Path | None, options: Re
     qc = getattr(student.config, "quantization_config", None)
     config = getattr(qc, "compression", None)
     if config is None and isinstance(qc, dict) and qc.get("quant_method") == "embcompress":
-        from ..config import CompressionConfig
-
         config = CompressionConfig.from_dict(qc)
     summary = _summary_file(student_dir)
     out: dict[str, Any] = {"compressed": config is not None, "versions": versions(), "report_seed": options.eval.seed}

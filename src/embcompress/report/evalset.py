@@ -13,10 +13,11 @@ from torch import nn
 
 from ..data import packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
+from ..kinds import ModelKind, detect_kind
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("causal-lm", "masked-lm", "encoder")
+TASKS = tuple(kind.value for kind in ModelKind)
 
 
 @dataclass
@@ -61,19 +62,9 @@ class EvalSet:
         return {"task": self.task, "sequences": self.n_sequences, "tokens": self.n_tokens}
 
 
-def detect_task(model: nn.Module) -> str | None:
-    """``causal-lm``, ``masked-lm``, ``encoder`` or ``None`` (e.g. encoder-decoder: not evaluated)."""
-    name = type(model).__name__
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False):
-        return None
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if name.endswith("ForMaskedLM"):
-        return "masked-lm"
-    if name.endswith("Model"):
-        return "encoder"
-    return None
+def detect_task(model: nn.Module) -> ModelKind | None:
+    """The report's task for ``model``: its :class:`ModelKind`, or ``None`` (not evaluated)."""
+    return detect_kind(model)
 
 
 def _batched(rows: list[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:

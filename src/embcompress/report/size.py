@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..methods import get_method, method_names
 from ..modules import FactorizedEmbedding, FactorizedLinear
 from ..quant import quantized_nbytes
 
@@ -76,8 +77,6 @@ def head_runtime_extra_bytes(module: nn.Module) -> int:
 
 
 def _serving_dense(source: FactorizedEmbedding) -> bool:
-    from ..methods import get_method, method_names
-
     name = source.spec.method
     return name in method_names() and bool(getattr(get_method(name), "serving_dense", False))
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint import write_checkpoint
 from ..config import ROLES
 from ..errors import EmbcompressError
 from ..factorize import FactorizeOptions, factorize_model
 from ..methods import get_method, method_names
-from ..methods.svd import singular_values
 from ..progress import LoggingReporter, Reporter
-from ..summary import rank_for_energy
+from ..spectral import rank_for_energy, singular_values
 from ..version import __version__
 from .behaviour import compare
 from .builder import Evaluation, ReportOptions, matrix_pairs, primary_value, reference_rows
@@ -196,7 +196,6 @@ def _reference_points(
 
 def save_dir_writer(folder: Path, source: Any, tokenizer: Any) -> Any:
     """A ``save`` callback writing each point as a checkpoint under ``folder``."""
-    from ..checkpoint import write_checkpoint
 
     def save(model: nn.Module, name: str, summary: dict[str, Any]) -> Path:
         out = folder / name
