@@ -34,7 +34,8 @@ from embcompress.factorize import FactorizeOptions, plan, relative_error
 from embcompress.frequency import weights_from_counts
 from embcompress.methods import FitContext, get_method
 from embcompress.modules import FactorizedEmbedding
-from embcompress.quant import fake_quantize_rows, quantized_nbytes
+from embcompress.quant import fake_quantize_rows
+from embcompress.sizes import quantized_nbytes
 from embcompress.sources import load_model, load_tokenizer, resolve_source
 
 logger = logging.getLogger("methods_compare")

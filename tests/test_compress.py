@@ -21,9 +21,10 @@ from embcompress.compress import (
     prior_counts,
 )
 from embcompress.errors import BudgetError, EmbcompressError
-from embcompress.factorize import FactorizeOptions, convert_factor_dtype, factorize_model, stored_size
+from embcompress.factorize import FactorizeOptions, convert_factor_dtype, factorize_model
 from embcompress.frequency import weights_from_counts
 from embcompress.report import REPORT_NAME
+from embcompress.sizes import module_bytes
 from helpers.distill import KINDS, make_teacher, make_tokenizer, write_corpus
 from helpers.models import forward_logits, make_tiny
 
@@ -48,7 +49,7 @@ def test_layout_bytes_match_the_stored_grouped_int8_module(sizes: list[int], ran
             factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
         return
     factorize_model(model, options, row_weights=weights_from_counts(zipf_counts(96)))
-    assert stored_size(model.get_input_embeddings())[1] == layout.nbytes
+    assert module_bytes(model.get_input_embeddings())[1] == layout.nbytes
 
 
 def test_choose_layout_fills_the_budget_and_keeps_frequent_rows_whole() -> None:

@@ -13,7 +13,8 @@ from torch import nn
 import embcompress
 from embcompress.compress import CompressOptions, compress_checkpoint
 from embcompress.data import iter_documents, split_documents
-from embcompress.quant import fake_quantize_rows, quantized_nbytes
+from embcompress.quant import fake_quantize_rows
+from embcompress.sizes import quantized_nbytes
 from embcompress.sources import load_model, load_tokenizer, resolve_source
 from helpers.models import PYDOCS, requires_minilm, requires_pydocs
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .sizes import mb
 from .version import __version__
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
 
 
 def module_table(modules: list[dict[str, Any]]) -> str:
@@ -25,8 +22,8 @@ def module_table(modules: list[dict[str, Any]]) -> str:
         err = "-" if m.get("relative_error") is None else f"{m['relative_error']:.4f}"
         shape = "x".join(str(s) for s in m["shape"])
         lines.append(
-            f"| `{m['path']}` | {m['role']} | {shape} | {m['rank']} | {_fmt_bytes(m['bytes_before'])} | "
-            f"{_fmt_bytes(m['bytes_after'])} | {m['ratio']:.1f}x | {err} |"
+            f"| `{m['path']}` | {m['role']} | {shape} | {m['rank']} | {mb(m['bytes_before'])} | "
+            f"{mb(m['bytes_after'])} | {m['ratio']:.1f}x | {err} |"
         )
     return "\n".join(lines)
 

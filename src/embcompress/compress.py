@@ -38,10 +38,11 @@ from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, 
 from .frequency import weights_from_counts
 from .kinds import ModelKind, model_kind
 from .methods import get_method
-from .methods.grouped import DENSE, bucket_params
+from .methods.grouped import bucket_params
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
+from .sizes import DENSE, layout_bytes
 from .sources import LoadOptions, load_source
 from .spectral import weighted_singular_values
 
@@ -140,15 +141,6 @@ class Layout:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dense": self.dense, "description": self.describe()}
-
-
-def layout_bytes(cols: int, sizes: list[int], ranks: list[int | str], scale_bytes: int = 4) -> int:
-    """Stored bytes with int8 factors: one byte per value plus an fp32 scale per stored row (dense
-    rows, code rows and basis rows), and the int32 token permutation."""
-    nbytes = 4 * sum(sizes)
-    for n, r in zip(sizes, ranks, strict=True):
-        nbytes += n * (cols + scale_bytes) if r == DENSE else n * (int(r) + scale_bytes) + int(r) * (cols + scale_bytes)
-    return nbytes
 
 
 def layout_params(cols: int, sizes: list[int], ranks: list[int | str]) -> int:

@@ -25,6 +25,7 @@ from .methods.base import ProgressFn
 from .modules import FactorizedEmbedding, FactorizedLinear
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
+from .sizes import module_bytes
 from .sources import LoadOptions, load_source
 from .spectral import break_even_rank
 from .surgery import EmbeddingTargets, find_targets, install_modules
@@ -258,12 +259,6 @@ def relative_error(
     return math.sqrt(err / max(ref, 1e-30))
 
 
-def stored_size(module: nn.Module) -> tuple[int, int]:
-    """Parameters and bytes ``module`` stores (shared tensors counted once)."""
-    params = list({id(p): p for p in module.parameters()}.values())
-    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
-
-
 def factorize_model(
     model: nn.Module,
     options: FactorizeOptions,
@@ -308,7 +303,7 @@ def module_stats(
 ) -> ModuleStats:
     """Size and fidelity of ``source`` (the fitted module of ``spec``) against the dense ``weight``."""
     dense_params = weight.numel()
-    params, nbytes = (0, 0) if spec.tied_to else stored_size(source)
+    params, nbytes = (0, 0) if spec.tied_to else module_bytes(source)
     return ModuleStats(
         path=spec.path,
         role=spec.role,

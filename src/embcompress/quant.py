@@ -39,11 +39,6 @@ def fake_quantize_rows(matrix: torch.Tensor, bits: int) -> torch.Tensor:
     return dequantize_rows(q, scale, matrix.dtype)
 
 
-def quantized_nbytes(rows: int, cols: int, bits: int) -> int:
-    """Bytes of a per-row quantized ``rows x cols`` matrix: packed values plus float32 scales."""
-    return (rows * cols * bits + 7) // 8 + rows * 4
-
-
 def dtype_from_name(name: str) -> torch.dtype:
     """Map a factor dtype name to a torch dtype, with a clear error for unknown names."""
     if name not in FACTOR_DTYPES:

@@ -10,9 +10,10 @@ import torch
 from embcompress.config import ModuleSpec
 from embcompress.factorize import FactorizeOptions, factorize_model, relative_error
 from embcompress.methods import FitContext, get_method
-from embcompress.methods.grouped import DENSE, GroupedEmbedding, allocate_ranks
+from embcompress.methods.grouped import GroupedEmbedding, allocate_ranks
 from embcompress.methods.nmf import column_shift
 from embcompress.methods.nonlinear import NonlinearEmbedding
+from embcompress.sizes import DENSE
 from helpers.methods import METHOD_OPTIONS, single_thread, weights_for, zipf_weights
 from helpers.models import make_tiny
 

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import embcompress
-from embcompress.quant import fake_quantize_rows, quantized_nbytes
+from embcompress.quant import fake_quantize_rows
 from embcompress.report import EvalOptions, ReportOptions, build_report, prepare_evaluation
 from embcompress.report.behaviour import compare, neighbour_overlap
 from embcompress.report.buckets import BUCKETS, frequency_buckets
 from embcompress.report.builder import quantized_copy
 from embcompress.report.speed import measure_speed
+from embcompress.sizes import quantized_nbytes
 from embcompress.sources import ModelSource, load_model, load_tokenizer
 from helpers.report import tiny_folder, tiny_student, write_text
 

@@ -10,8 +10,8 @@ import pytest
 import embcompress
 from embcompress.data import iter_documents, split_documents
 from embcompress.factorize import FactorizeOptions, factorize_checkpoint
-from embcompress.quant import quantized_nbytes
 from embcompress.report import EvalOptions, ReportOptions, build_report, to_html
+from embcompress.sizes import quantized_nbytes
 from embcompress.sources import LoadOptions, load_source
 from helpers.models import PYDOCS, requires_minilm, requires_pydocs, requires_smollm2
 

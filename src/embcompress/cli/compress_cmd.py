@@ -8,7 +8,7 @@ import typer
 
 from ..checkpoint import check_outside_input
 from ..compress import CompressOptions, CompressResult, compress_checkpoint
-from ..report.tables import mb
+from ..sizes import mb
 from ..sources import LoadOptions
 from . import app
 from ._common import (

@@ -11,6 +11,7 @@ import torch
 from ..config import ModuleSpec
 from ..errors import EmbcompressError
 from ..modules import FactorizedEmbedding
+from ..sizes import module_bytes
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -95,9 +96,7 @@ class FactorizationMethod:
 
     def stored_bytes(self, spec: ModuleSpec) -> int:
         """Bytes the module built from ``spec`` stores (factors, scales, offset, decoder), built on meta."""
-        module = self.module_class.from_spec(spec, device="meta")
-        params = {id(p): p for p in module.parameters()}.values()
-        return sum(p.numel() * p.element_size() for p in params)
+        return module_bytes(self.module_class.from_spec(spec, device="meta"))[1]
 
     def progress_total(self, options: dict[str, Any]) -> int | None:
         """Number of progress steps one fit reports through ``ctx.progress`` (``None``: no progress)."""

@@ -29,13 +29,13 @@ from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import FactorizedEmbedding
 from ..quant import dequantize_rows, dtype_from_name
+from ..sizes import DENSE, module_bytes
 from ..spectral import weighted_singular_values
 from .base import FactorizationMethod, FitContext
 from .weighted_svd import require_weights, weighted_subspace
 
 logger = logging.getLogger(__name__)
 
-DENSE = "dense"
 REST = "rest"
 
 
@@ -260,7 +260,7 @@ class GroupedMethod(FactorizationMethod):
     def stored_bytes(self, spec: ModuleSpec) -> int:
         """Estimate from the budget (actual ranks are chosen at fit time, never above it) plus ``perm``."""
         linear = FactorizedEmbedding.from_spec(spec, device="meta")
-        return sum(p.numel() * p.element_size() for p in linear.parameters()) + 4 * spec.num_embeddings
+        return module_bytes(linear)[1] + 4 * spec.num_embeddings
 
     def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
         rows, cols = matrix.shape

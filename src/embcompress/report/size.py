@@ -11,27 +11,9 @@ from torch import nn
 
 from ..methods import get_method, method_names
 from ..modules import FactorizedEmbedding, FactorizedLinear
-from ..quant import quantized_nbytes
+from ..sizes import quantized_nbytes, tensor_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
-
-
-def unique_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Drop tensors sharing storage with an earlier one (tied weights count once)."""
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    out = []
-    for t in tensors:
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.device.type == "meta" or key not in seen:
-            seen.add(key)
-            out.append(t)
-    return out
-
-
-def tensor_bytes(tensors: list[torch.Tensor]) -> tuple[int, int]:
-    """``(numel, bytes)`` of the unique tensors."""
-    uniq = unique_tensors(tensors)
-    return sum(t.numel() for t in uniq), sum(t.numel() * t.element_size() for t in uniq)
 
 
 def model_size(model: nn.Module) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sizes import mb
 from .buckets import BUCKETS
 
 
@@ -31,13 +32,6 @@ def fmt(value: Any, digits: int = 4) -> str:
             return "nan"
         return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
     return str(value)
-
-
-def mb(nbytes: int | None) -> str:
-    """Bytes in MB (kB below 100 kB)."""
-    if nbytes is None:
-        return "-"
-    return f"{nbytes / 1e3:.2f} kB" if nbytes < 100_000 else f"{nbytes / 1e6:.2f} MB"
 
 
 def ratio(value: float | None) -> str:
