@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .allocation import RankBucket, greedy_ranks
 from .checkpoint import check_output_dir, write_checkpoint
 from .data import count_tokens, iter_documents, split_documents
 from .distill import DistillConfig, distill_model, make_accelerator
@@ -163,25 +164,15 @@ def _allocate(
 ) -> list[int] | None:
     """Greedy ranks for the low-rank buckets: each step adds the rank with the most kept weighted
     energy per byte, within ``budget`` bytes and ``max_params`` parameters (``fixed`` already used)."""
-    ranks = [1] * len(sizes)
-    used = sum(n * 5 + cols + 4 for n in sizes)
-    params = fixed + sum(n + cols for n in sizes)
-    if used > budget or params > max_params:
+    used = [sum(n * 5 + cols + 4 for n in sizes), fixed + sum(n + cols for n in sizes)]
+    if used[0] > budget or used[1] > max_params:
         return None
     # a rank whose factors outgrow the bucket's whole rows is never worth it
-    caps = [min(len(s), cols, (n * cols) // (n + cols + 4)) for s, n in zip(spectra, sizes, strict=True)]
-    while True:
-        best, gain = -1, -1.0
-        for b, (s, n) in enumerate(zip(spectra, sizes, strict=True)):
-            if ranks[b] < caps[b] and used + n + cols + 4 <= budget and params + n + cols <= max_params:
-                g = float(s[ranks[b]] ** 2) / (n + cols + 4)
-                if g > gain:
-                    best, gain = b, g
-        if best < 0:
-            return ranks
-        ranks[best] += 1
-        used += sizes[best] + cols + 4
-        params += sizes[best] + cols
+    buckets = [
+        RankBucket(s, (n + cols + 4, n + cols), min(len(s), cols, (n * cols) // (n + cols + 4)))
+        for s, n in zip(spectra, sizes, strict=True)
+    ]
+    return greedy_ranks(buckets, [budget, max_params], used)[0]
 
 
 class _Spectra:

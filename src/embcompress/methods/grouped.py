@@ -18,13 +18,13 @@ back to token order; no ``V x H`` matrix is materialised for linear buckets.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..allocation import RankBucket, greedy_ranks, kept_energy
 from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import FactorizedEmbedding
@@ -102,22 +102,16 @@ def _greedy(
     spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int, dense: set[int]
 ) -> tuple[list[int | str], float] | None:
     """Allocate ranks (at least 1 per linear bucket) maximising kept energy within ``budget`` params."""
-    ranks: list[int | str] = [DENSE if b in dense else 1 for b in range(len(sizes))]
-    used = sum(bucket_params(n, r, cols) for n, r in zip(sizes, ranks, strict=True))
+    linear = [b for b in range(len(sizes)) if b not in dense]
+    used = sum(sizes[b] * cols for b in dense) + sum(sizes[b] + cols for b in linear)
     if used > budget:
         return None
-    kept = sum(float(s.pow(2).sum()) if b in dense else float(s[0] ** 2) for b, s in enumerate(spectra))
-    heap = [(-float(s[1] ** 2) / (sizes[b] + cols), b) for b, s in enumerate(spectra) if b not in dense and len(s) > 1]
-    heapq.heapify(heap)
-    while heap:
-        _, b = heapq.heappop(heap)
-        cost = sizes[b] + cols
-        if used + cost > budget:
-            continue
-        rank = int(ranks[b]) + 1
-        ranks[b], used, kept = rank, used + cost, kept + float(spectra[b][rank - 1] ** 2)
-        if rank < len(spectra[b]):
-            heapq.heappush(heap, (-float(spectra[b][rank] ** 2) / cost, b))
+    buckets = [RankBucket(spectra[b], (sizes[b] + cols,), len(spectra[b])) for b in linear]
+    grown, _ = greedy_ranks(buckets, [budget], [used])
+    ranks: list[int | str] = [DENSE] * len(sizes)
+    for b, rank in zip(linear, grown, strict=True):
+        ranks[b] = rank
+    kept = sum(kept_energy(spectra[b], len(spectra[b]) if b in dense else int(ranks[b])) for b in range(len(sizes)))
     return ranks, kept
 
 
