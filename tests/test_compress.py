@@ -4,6 +4,7 @@ on tiny real models with a trained tokenizer and a text corpus."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,19 +94,26 @@ def test_prior_counts_decrease_with_the_token_id() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "needle"),
+    ("fields", "needle"),
     [
-        (CompressOptions(ratio=1.0), "--ratio must be above 1"),
-        (CompressOptions(max_minutes=0), "--max-minutes must be positive"),
-        (CompressOptions(heldout_fraction=1.5), "--heldout-fraction must be in (0, 1)"),
-        (CompressOptions(dense_rows=-1), "--dense-rows must be >= 0"),
-        (CompressOptions(data="/no/such/corpus"), "/no/such/corpus"),
+        ({"ratio": 1.0}, "--ratio must be above 1"),
+        ({"max_minutes": 0}, "--max-minutes must be positive"),
+        ({"heldout_fraction": 1.5}, "--heldout-fraction must be in (0, 1)"),
+        ({"dense_rows": -1}, "--dense-rows must be >= 0"),
+        ({"data": "/no/such/corpus"}, "/no/such/corpus"),
     ],
 )
-def test_bad_options_are_refused_before_loading(options: CompressOptions, needle: str) -> None:
+def test_bad_options_are_refused_before_loading(fields: dict[str, Any], needle: str) -> None:
     with pytest.raises(EmbcompressError) as err:
-        options.check()
+        CompressOptions(**fields).check()
     assert needle in str(err.value)
+
+
+def test_options_from_dict_is_strict_and_round_trips() -> None:
+    options = CompressOptions(ratio=11.0, seed=3)
+    assert CompressOptions.from_dict(options.to_dict()) == options
+    with pytest.raises(EmbcompressError, match=r"unknown CompressOptions field.*ratoi.*allowed: ratio"):
+        CompressOptions.from_dict({"ratoi": 8})
 
 
 @pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "bert-encoder"])

@@ -40,6 +40,7 @@ from .frequency import weights_from_counts
 from .kinds import ModelKind, model_kind
 from .methods import get_method
 from .methods.grouped import bucket_params
+from .options import Options, require
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
@@ -58,7 +59,7 @@ DEFAULT_MINUTES = {ModelKind.ENCODER: 15.0, ModelKind.MASKED_LM: 20.0, ModelKind
 
 
 @dataclass
-class CompressOptions:
+class CompressOptions(Options):
     """What ``embcompress compress`` does.
 
     Attributes:
@@ -89,25 +90,19 @@ class CompressOptions:
     report: bool = True
     distill_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressOptions:
-        return cls(**data)
-
-    def check(self) -> None:
-        """One-line errors before any model is loaded."""
-        if not self.ratio > 1:
-            raise EmbcompressError(f"--ratio must be above 1 (e.g. 8 for int4's size), got {self.ratio}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise EmbcompressError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if not 0 < self.heldout_fraction < 1:
-            raise EmbcompressError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
+    def validate(self) -> None:
+        require(self.ratio > 1, "ratio", f"must be above 1 (e.g. 8 for int4's size), got {self.ratio}")
+        require(
+            self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be positive, got {self.max_minutes}"
+        )
+        require(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
         for name in ("dense_rows", "tail_rank"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise EmbcompressError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            require(value is None or value >= 0, name, f"must be >= 0, got {value}")
+
+    def check(self) -> None:
+        """:meth:`validate`, and the data files hold text (before any model is loaded)."""
+        self.validate()
         for path in (self.data, self.eval_data):
             if path is not None:
                 check_data(path, DistillConfig(text_field=self.text_field))

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import CheckpointError, EmbcompressError, ModelSourceError
+from .options import Options
 from .progress import LoggingReporter, Reporter
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 @dataclass
-class LoadOptions:
+class LoadOptions(Options):
     """How to load the source model."""
 
     gguf_file: str | None = None
@@ -242,9 +243,11 @@ class LoadOptions:
     device: str = "cpu"
     trust_remote_code: bool = False
 
-    def torch_dtype(self) -> torch.dtype:
+    def validate(self) -> None:
         if self.dtype not in TORCH_DTYPES:
             raise EmbcompressError(f"unknown dtype '{self.dtype}'; valid: {', '.join(TORCH_DTYPES)}")
+
+    def torch_dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.dtype]
 
 

@@ -27,6 +27,8 @@ from ._common import (
 )
 from .report import emit
 
+_default = CompressOptions.default
+
 
 @app.command()
 @handle_errors
@@ -34,23 +36,30 @@ def compress(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
     ratio: float = typer.Option(
-        8.0, "--ratio", help="Target size of the embedding vs fp32: 4 is int8's size, ~8 int4's, 16 half of int4's."
+        _default("ratio"),
+        "--ratio",
+        help="Target size of the embedding vs fp32: 4 is int8's size, ~8 int4's, 16 half of int4's.",
     ),
     data: str | None = typer.Option(
         None, "--data", "-d", help="Training text (file, folder, JSONL, parquet): frequencies and distillation."
     ),
     eval_data: str | None = typer.Option(None, help="Text for the report (default: the held-out split of --data)."),
     max_minutes: float | None = typer.Option(
-        None, help="Distillation budget in minutes (default: 15 for encoders, 20 masked LMs, 40 causal LMs)."
+        _default("max_minutes"),
+        help="Distillation budget in minutes (default: 15 for encoders, 20 masked LMs, 40 causal LMs).",
     ),
-    distill: bool = typer.Option(True, "--distill/--no-distill", help="Distil the factors towards the original."),
+    distill: bool = typer.Option(
+        _default("distill"), "--distill/--no-distill", help="Distil the factors towards the original."
+    ),
     dense_rows: int | None = typer.Option(None, help="Fix the number of most frequent tokens kept whole."),
     tail_rank: int | None = typer.Option(None, help="Fix the rank of the other tokens (with --dense-rows)."),
-    heldout_fraction: float = typer.Option(0.1, help="Share of --data documents never trained on."),
+    heldout_fraction: float = typer.Option(
+        _default("heldout_fraction"), help="Share of --data documents never trained on."
+    ),
     text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
     gguf_file: GgufFile = None,
     device: AutoDevice = None,
-    seed: int = typer.Option(0, help="Seed of the fit, the data order and the sampling."),
+    seed: int = typer.Option(_default("seed"), help="Seed of the fit, the data order and the sampling."),
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
     json_out: JsonOut = False,
@@ -70,7 +79,6 @@ def compress(
         dense_rows=dense_rows,
         tail_rank=tail_rank,
     )
-    options.check()
     if Path(model).expanduser().exists():
         check_outside_input(output, Path(model))
     dev = auto_device(device)
