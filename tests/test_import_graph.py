@@ -19,6 +19,7 @@ its command modules) are not seen.
 from __future__ import annotations
 
 import ast
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,7 +299,7 @@ def check_graph(graph: dict[str, list[Edge]], layers: dict[str, int]) -> list[st
                 )
     for cycle in find_cycles(graph):
         hops = []
-        for a, b in zip(cycle, cycle[1:]):
+        for a, b in itertools.pairwise(cycle):
             line = next(e.line for e in graph[a] if e.target == b)
             hops.append(f"{a}:{line} -> {b}")
         problems.append("import cycle: " + "; ".join(hops))
