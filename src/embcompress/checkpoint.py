@@ -25,7 +25,7 @@ from torch import nn
 from .card import render_card
 from .config import QUANT_METHOD, CompressionConfig
 from .errors import CheckpointError, EmbcompressError
-from .modules import FactorizedEmbedding
+from .modules import CompressedEmbedding
 from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
 from .surgery import build_modules
 from .version import __version__
@@ -134,7 +134,7 @@ def _has_tokenizer(folder: Path) -> bool:
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype ``model`` computes in: a factorized module's compute dtype, else its first float parameter's."""
     for module in model.modules():
-        if isinstance(module, FactorizedEmbedding):
+        if isinstance(module, CompressedEmbedding):
             return module.compute_dtype
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 

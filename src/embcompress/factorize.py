@@ -22,7 +22,7 @@ from .frequency import FrequencyOptions, TokenFrequencies, token_frequencies
 from .hf_integration import EmbcompressQuantizationConfig
 from .methods import FactorizationMethod, FitContext, get_method
 from .methods.base import ProgressFn
-from .modules import FactorizedEmbedding, FactorizedLinear
+from .modules import CompressedEmbedding, FactorizedLinear
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
 from .sizes import module_bytes
@@ -242,7 +242,7 @@ def _embed_scale(module: nn.Module) -> float | None:
 
 
 def relative_error(
-    original: torch.Tensor, module: FactorizedEmbedding, row_weights: torch.Tensor | None = None, chunk: int = 8192
+    original: torch.Tensor, module: CompressedEmbedding, row_weights: torch.Tensor | None = None, chunk: int = 8192
 ) -> float:
     """``||W^1/2 (E - E_hat)||_F / ||W^1/2 E||_F`` in row chunks (no full dense copy); ``W`` defaults to 1."""
     err = ref = 0.0
@@ -297,7 +297,7 @@ def factorize_model(
 def module_stats(
     spec: ModuleSpec,
     weight: torch.Tensor,
-    source: FactorizedEmbedding,
+    source: CompressedEmbedding,
     row_weights: torch.Tensor | None = None,
     serving_dense: bool = False,
 ) -> ModuleStats:

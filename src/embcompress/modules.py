@@ -7,6 +7,7 @@ The lookup gathers ``r``-dimensional codes and projects them; the LM head comput
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 
@@ -21,7 +22,78 @@ from .quant import dequantize_rows, dtype_from_name, quantize_rows
 FACTOR_NAMES = ("codes", "basis")
 
 
-class FactorizedEmbedding(nn.Module):
+class CompressedEmbedding(nn.Module, abc.ABC):
+    """What every compressed embedding module offers: an ``nn.Embedding``-compatible lookup, the
+    LM-head product without a dense ``V x H`` matrix, rows of the approximated matrix, and a copy with
+    another factor storage. Surgery, checkpoints, distillation and reports only rely on this surface.
+
+    Subclasses keep ``spec`` (:class:`ModuleSpec`) and ``compute_dtype``, build empty from
+    :meth:`from_spec` (loading) and implement the abstract methods.
+    """
+
+    spec: ModuleSpec
+    compute_dtype: torch.dtype
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModuleSpec,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> CompressedEmbedding:
+        """Build an uninitialised module (used when loading a checkpoint)."""
+        with torch.device(device or "cpu"):
+            return cls(spec, compute_dtype)  # type: ignore[call-arg]
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.spec.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.spec.embedding_dim
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    @abc.abstractmethod
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the approximated matrix (without ``embed_scale``), differentiable in the factors."""
+
+    @abc.abstractmethod
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Compute ``hidden @ E.T`` (the LM-head product)."""
+
+    @abc.abstractmethod
+    def factor_names(self) -> list[str]:
+        """Names of the trainable/storable factor tensors."""
+
+    @abc.abstractmethod
+    def with_factor_dtype(self, factor_dtype: str) -> CompressedEmbedding:
+        """A copy storing the factors as ``factor_dtype``; ``self`` is untouched."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.rows(input_ids)
+        return out * self.spec.embed_scale if self.spec.embed_scale is not None else out
+
+    def dense_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the approximated matrix (without ``embed_scale``)."""
+        device = next(self.parameters()).device
+        return self.rows(torch.arange(start, stop, device=device))
+
+    def dense(self) -> torch.Tensor:
+        """Materialise the approximated ``V x H`` matrix (without ``embed_scale``)."""
+        return self.dense_rows(0, self.num_embeddings)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, method={self.spec.method}, "
+            f"factor_dtype={self.spec.factor_dtype}"
+        )
+
+
+class FactorizedEmbedding(CompressedEmbedding):
     """Drop-in for ``nn.Embedding`` storing low-rank factors instead of the dense matrix."""
 
     def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
@@ -42,17 +114,6 @@ class FactorizedEmbedding(nn.Module):
         self.register_parameter(name, nn.Parameter(tensor, requires_grad=not is_int))
         if is_int:
             self.register_parameter(f"{name}_scale", nn.Parameter(torch.ones(shape[0], 1)))
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: ModuleSpec,
-        compute_dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> FactorizedEmbedding:
-        """Build an uninitialised module (used when loading a checkpoint)."""
-        with torch.device(device or "cpu"):
-            return cls(spec, compute_dtype)
 
     @classmethod
     def from_factors(
@@ -117,27 +178,6 @@ class FactorizedEmbedding(nn.Module):
             return dequantize_rows(self.codes[ids], self.codes_scale[ids], self.compute_dtype)
         return F.embedding(ids, self.codes, self.padding_idx).to(self.compute_dtype)
 
-    # -- nn.Embedding-compatible surface -------------------------------------------------------
-    @property
-    def num_embeddings(self) -> int:
-        return self.spec.num_embeddings
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.spec.embedding_dim
-
-    @property
-    def rank(self) -> int:
-        return self.spec.rank
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self._codes_rows(input_ids) @ self.factor("basis")
-        if self.offset is not None:
-            out = out - self.offset.to(out.dtype)
-        if self.embed_scale is not None:
-            out = out * self.embed_scale
-        return out
-
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Compute ``hidden @ E.T`` through the factors (the LM-head product)."""
         codes = self.factor("codes")
@@ -146,24 +186,10 @@ class FactorizedEmbedding(nn.Module):
             logits = logits - (hidden.to(codes.dtype) @ self.offset.to(codes.dtype)).unsqueeze(-1)
         return logits
 
-    def dense(self) -> torch.Tensor:
-        """Materialise the approximated ``V x H`` matrix (without ``embed_scale``)."""
-        return self.dense_rows(0, self.num_embeddings)
-
-    def dense_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` of the approximated matrix (without ``embed_scale``)."""
-        return self.rows(torch.arange(start, stop, device=self.codes.device))
-
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the approximated matrix (without ``embed_scale``), differentiable in the factors."""
         out = self._codes_rows(ids) @ self.factor("basis")
         return out - self.offset.to(out.dtype) if self.offset is not None else out
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, method={self.spec.method}, "
-            f"factor_dtype={self.spec.factor_dtype}"
-        )
 
 
 class FactorizedLinear(nn.Module):
@@ -173,13 +199,13 @@ class FactorizedLinear(nn.Module):
     module of its own when untied.
     """
 
-    def __init__(self, source: FactorizedEmbedding, bias: nn.Parameter | None = None) -> None:
+    def __init__(self, source: CompressedEmbedding, bias: nn.Parameter | None = None) -> None:
         super().__init__()
         self.source = source
         self.bias = bias
 
     @classmethod
-    def from_source(cls, source: FactorizedEmbedding, bias: torch.Tensor | None = None) -> FactorizedLinear:
+    def from_source(cls, source: CompressedEmbedding, bias: torch.Tensor | None = None) -> FactorizedLinear:
         """Wrap ``source``; an existing ``nn.Parameter`` bias is shared, a tensor is copied."""
         if bias is not None and not isinstance(bias, nn.Parameter):
             bias = nn.Parameter(bias.detach().clone())

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .modules import FactorizedEmbedding
+from .modules import CompressedEmbedding
 from .spectral import break_even_rank, energy_curve, rank_for_energy, singular_values
 from .surgery import find_targets
 
@@ -29,7 +29,7 @@ def describe_model(model: nn.Module, spectrum: bool = True) -> dict[str, Any]:
     """Shapes, parameter share, tying and (optionally) spectrum of the model's embeddings."""
     total = sum(p.numel() for p in model.parameters())
     inp = model.get_input_embeddings()
-    if isinstance(inp, FactorizedEmbedding):
+    if isinstance(inp, CompressedEmbedding):
         return {"compressed": True, "architecture": type(model).__name__, "params_total": total}
     found = find_targets(model)
     rows, cols = found.vocab_size, found.hidden_size

@@ -18,7 +18,7 @@ from torch import nn
 from .config import CompressionConfig, ModuleSpec
 from .errors import EmbcompressError
 from .methods import get_method
-from .modules import FactorizedEmbedding, FactorizedLinear
+from .modules import CompressedEmbedding, FactorizedLinear
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _get_embeddings(model: nn.Module, getter: str) -> nn.Module | None:
 def find_targets(model: nn.Module) -> EmbeddingTargets:
     """Locate the input embedding (and its aliases) and the output embedding of ``model``."""
     inp = _get_embeddings(model, "get_input_embeddings")
-    if isinstance(inp, FactorizedEmbedding):
+    if isinstance(inp, CompressedEmbedding):
         raise EmbcompressError(f"{type(model).__name__} is already compressed by embcompress")
     if not isinstance(inp, nn.Embedding):
         raise EmbcompressError(
@@ -197,7 +197,7 @@ def densify(model: nn.Module) -> nn.Module:
     built: dict[str, nn.Module] = {}
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
         module = dense.get_submodule(spec.path)
-        if isinstance(module, FactorizedEmbedding):
+        if isinstance(module, CompressedEmbedding):
             weight = nn.Parameter(module.dense().detach().clone())
             emb = _dense_embedding(spec, weight)
             built[spec.path] = emb

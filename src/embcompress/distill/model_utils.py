@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 from ..errors import EmbcompressError
-from ..modules import FactorizedEmbedding, FactorizedLinear
+from ..modules import CompressedEmbedding, FactorizedLinear
 
 logger = logging.getLogger(__name__)
 
 
-def factorized_sources(model: nn.Module) -> list[tuple[str, FactorizedEmbedding]]:
+def factorized_sources(model: nn.Module) -> list[tuple[str, CompressedEmbedding]]:
     """The factor-owning modules: (role, module) for the input embedding and an untied head."""
-    found: list[tuple[str, FactorizedEmbedding]] = []
+    found: list[tuple[str, CompressedEmbedding]] = []
     inp = model.get_input_embeddings()
-    if isinstance(inp, FactorizedEmbedding):
+    if isinstance(inp, CompressedEmbedding):
         found.append(("input", inp))
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(out, FactorizedLinear) and all(out.source is not m for _, m in found):
@@ -30,7 +30,7 @@ def factorized_sources(model: nn.Module) -> list[tuple[str, FactorizedEmbedding]
 def check_trainable_storage(model: nn.Module) -> None:
     """Refuse int8-stored factors: they are frozen integers and cannot take gradient steps."""
     for module in model.modules():
-        if isinstance(module, FactorizedEmbedding) and any(p.dtype == torch.int8 for p in module.parameters()):
+        if isinstance(module, CompressedEmbedding) and any(p.dtype == torch.int8 for p in module.parameters()):
             raise EmbcompressError(
                 "the student stores its factors as int8, which cannot be trained; factorize with "
                 "--factor-dtype float32 and distil (embcompress compress quantizes the factors after distilling)"
@@ -44,7 +44,7 @@ def select_trainable(model: nn.Module, mode: str) -> list[str]:
         raise EmbcompressError("the student has no factorized embedding to train")
     chosen: set[int] = set()
     for module in model.modules():
-        wanted = isinstance(module, FactorizedEmbedding | FactorizedLinear)
+        wanted = isinstance(module, CompressedEmbedding | FactorizedLinear)
         wanted |= mode == "factors+norms" and "norm" in type(module).__name__.lower()
         if wanted or mode == "all":
             chosen.update(id(p) for p in module.parameters(recurse=False) if p.is_floating_point())
@@ -63,7 +63,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def factor_rows(module: FactorizedEmbedding, rows: torch.Tensor) -> torch.Tensor:
+def factor_rows(module: CompressedEmbedding, rows: torch.Tensor) -> torch.Tensor:
     """Rows of the approximated matrix, differentiable w.r.t. the factors."""
     return module.rows(rows)
 

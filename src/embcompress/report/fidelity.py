@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modules import FactorizedEmbedding, FactorizedLinear
+from ..modules import CompressedEmbedding, FactorizedLinear
 from ..quant import fake_quantize_rows
 from .buckets import BUCKETS
 
@@ -21,7 +21,7 @@ def rows_of(module: nn.Module) -> RowFn:
     """A function returning rows ``start:stop`` of the (approximated) matrix held by ``module``."""
     if isinstance(module, FactorizedLinear):
         module = module.source
-    if isinstance(module, FactorizedEmbedding) or hasattr(module, "dense_rows"):
+    if isinstance(module, CompressedEmbedding) or hasattr(module, "dense_rows"):
         return module.dense_rows  # type: ignore[no-any-return]
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..methods import get_method, method_names
-from ..modules import FactorizedEmbedding, FactorizedLinear
+from ..modules import CompressedEmbedding, FactorizedEmbedding, FactorizedLinear
 from ..sizes import quantized_nbytes, tensor_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
@@ -36,7 +36,7 @@ def is_linear_factorization(module: nn.Module) -> bool:
 def matrix_storage(module: nn.Module) -> tuple[int, int]:
     """``(params, bytes)`` stored for the matrix of an embedding / head (bias excluded)."""
     source = _source(module)
-    if isinstance(source, FactorizedEmbedding) or not hasattr(source, "weight"):
+    if isinstance(source, CompressedEmbedding) or not hasattr(source, "weight"):
         return tensor_bytes([p for n, p in source.named_parameters() if n != "bias"])
     weight = source.weight
     return weight.numel(), weight.numel() * weight.element_size()
@@ -53,12 +53,12 @@ def head_runtime_extra_bytes(module: nn.Module) -> int:
     explicit = getattr(source, "serving_extra_nbytes", None)
     if callable(explicit):
         return int(explicit())
-    if isinstance(source, FactorizedEmbedding) and (_serving_dense(source) or not is_linear_factorization(module)):
+    if isinstance(source, CompressedEmbedding) and (_serving_dense(source) or not is_linear_factorization(module)):
         return source.num_embeddings * source.embedding_dim * torch.finfo(source.compute_dtype).bits // 8
     return 0
 
 
-def _serving_dense(source: FactorizedEmbedding) -> bool:
+def _serving_dense(source: CompressedEmbedding) -> bool:
     name = source.spec.method
     return name in method_names() and bool(getattr(get_method(name), "serving_dense", False))
 
@@ -82,7 +82,7 @@ def module_size(role: str, path: str, dense: nn.Module, replaced: nn.Module, tie
         "bytes_before": before[1],
         "bytes_after": after[1],
         "ratio": before[1] / after[1] if after[1] else None,
-        "factorized": isinstance(_source(replaced), FactorizedEmbedding),
+        "factorized": isinstance(_source(replaced), CompressedEmbedding),
         "rank": getattr(_source(replaced), "rank", None),
         "runtime_extra_bytes": head_runtime_extra_bytes(replaced) if role == "output" else 0,
     }
