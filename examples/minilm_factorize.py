@@ -15,9 +15,7 @@ import transformers
 from torch import nn
 
 import embcompress  # registers the "embcompress" quantization method with transformers
-from embcompress.checkpoint import write_checkpoint
-from embcompress.factorize import FactorizeOptions, factorize_model
-from embcompress.sources import LoadOptions, load_source
+from embcompress import FactorizeOptions, LoadOptions, factorize_model, load_source, write_checkpoint
 
 SENTENCES = [
     "A man is playing a guitar.",

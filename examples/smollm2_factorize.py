@@ -17,10 +17,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-import embcompress  # noqa: F401  (registers the quantizer so plain from_pretrained rebuilds the factors)
-from embcompress.checkpoint import write_checkpoint
-from embcompress.factorize import FactorizeOptions, factorize_model
-from embcompress.sources import LoadOptions, load_source
+# importing embcompress registers its quantizer, so plain from_pretrained rebuilds the factors
+from embcompress import FactorizeOptions, LoadOptions, factorize_model, load_source, write_checkpoint
 
 PROMPT = "What is the capital of France?"
 transformers.logging.set_verbosity_error()
