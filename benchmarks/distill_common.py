@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from embcompress.factorize import FactorizeOptions, factorize_checkpoint
-from embcompress.sources import LoadOptions
+from embcompress import FactorizeOptions, LoadOptions, factorize_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources")

@@ -23,8 +23,7 @@ from typing import Any
 
 from distill_common import PYDOCS, RESULTS, WORK, machine, student_dir, write_results
 
-from embcompress.distill import DistillConfig, distill_checkpoint
-from embcompress.sources import LoadOptions
+from embcompress import DistillConfig, LoadOptions, distill_checkpoint
 
 SETUPS: dict[str, dict[str, Any]] = {
     "minilm": {"rank": 64, "eval_windows": 128, "eval_every": 50, "metric": "cosine"},

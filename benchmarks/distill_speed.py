@@ -20,11 +20,11 @@ import torch
 from distill_common import PYDOCS, machine, student_dir, write_results
 
 import embcompress
-from embcompress.distill import DistillConfig, Distiller, make_accelerator
+from embcompress import DistillConfig, LoadOptions, load_source
+from embcompress.distill import Distiller, make_accelerator
 from embcompress.distill.batches import CorpusBatches
 from embcompress.distill.cache import TeacherCache
 from embcompress.distill.trainer import LOG_NAME
-from embcompress.sources import LoadOptions, load_source
 
 
 def run_steps(

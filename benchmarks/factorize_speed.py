@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 import embcompress
-from embcompress.factorize import FactorizeOptions, factorize_checkpoint
-from embcompress.methods import FitContext, get_method, method_names
-from embcompress.sources import LoadOptions, load_source
+from embcompress import FactorizeOptions, LoadOptions, factorize_checkpoint, get_method, load_source, method_names
+from embcompress.methods import FitContext
 from embcompress.spectral import truncated_svd
 
 logger = logging.getLogger("factorize_speed")

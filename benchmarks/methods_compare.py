@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from embcompress import FactorizedEmbedding, FactorizeOptions, get_method
 from embcompress.data import count_tokens, iter_documents, split_documents
-from embcompress.factorize import FactorizeOptions, plan, relative_error
+from embcompress.factorize import plan, relative_error
 from embcompress.frequency import weights_from_counts
-from embcompress.methods import FitContext, get_method
-from embcompress.modules import FactorizedEmbedding
+from embcompress.methods import FitContext
 from embcompress.quant import fake_quantize_rows
 from embcompress.sizes import quantized_nbytes
 from embcompress.sources import load_model, load_tokenizer, resolve_source

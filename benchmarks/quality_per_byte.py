@@ -33,15 +33,14 @@ from typing import Any
 import torch
 from distill_common import PYDOCS, WORK, machine, write_results
 
-from embcompress.checkpoint import load as load_compressed
-from embcompress.compress import CompressOptions, compress_checkpoint
+from embcompress import CompressOptions, LoadOptions, ReportOptions, compress_checkpoint, load_source
+from embcompress import load as load_compressed
 from embcompress.data import iter_documents, split_documents
 from embcompress.progress import LoggingReporter
-from embcompress.report import EvalOptions, ReportOptions, prepare_evaluation
+from embcompress.report import EvalOptions, prepare_evaluation
 from embcompress.report.behaviour import compare
 from embcompress.report.builder import matrix_pairs
 from embcompress.report.builder import reference_rows as quant_references
-from embcompress.sources import LoadOptions, load_source
 
 logger = logging.getLogger("quality_per_byte")
 FORTUNES = Path("/usr/share/games/fortunes")
