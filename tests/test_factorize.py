@@ -7,6 +7,7 @@ import torch
 
 from embcompress.errors import BudgetError, EmbcompressError
 from embcompress.factorize import FactorizeOptions, factorize_model, plan
+from embcompress.frequency import FrequencyOptions
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
 from embcompress.spectral import break_even_rank
 from helpers.models import HIDDEN, VOCAB, forward_logits, make_tiny
@@ -26,15 +27,49 @@ def test_break_even_rank() -> None:
     assert r * 1100 < 1000 * 100 <= (r + 1) * 1100
 
 
-@pytest.mark.parametrize("rank", [0, -3, BREAK_EVEN + 1])
-def test_bad_rank_refused_before_touching_model(rank: int) -> None:
+def test_rank_above_break_even_refused_before_touching_model() -> None:
     model = make_tiny("llama-tied")
     before = state_snapshot(model)
+    rank = BREAK_EVEN + 1
     with pytest.raises(BudgetError, match=rf"rank {rank} .* between 1 and {BREAK_EVEN}.*break-even rank {BREAK_EVEN}"):
         factorize_model(model, FactorizeOptions(rank=rank))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert type(model.get_input_embeddings()) is torch.nn.Embedding
+
+
+@pytest.mark.parametrize(("field", "value"), [("rank", 0), ("rank", -3), ("rank_input", 0), ("rank_output", -1)])
+def test_non_positive_rank_refused_at_construction(field: str, value: int) -> None:
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(EmbcompressError, match=rf"^{flag} must be a positive integer, got {value}$"):
+        FactorizeOptions(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"energy": 1.5}, r"--energy must be in \(0, 1\]"),
+        ({"ratio": 0.5}, "--ratio must be greater than 1"),
+        ({"rank": 4, "energy": 0.5}, "give only one of --rank, --energy, --ratio"),
+        ({"rank": 4, "targets": ("middle",)}, r"unknown target.*middle.*valid: input, output"),
+        ({"rank": 4, "factor_dtype": "int3"}, "unknown factor dtype 'int3'"),
+        ({"method": "nope"}, r"unknown method 'nope'; valid methods: .*svd"),
+        ({"method": "nmf", "method_options": {"max_iter": 0}}, "nmf option max_iter must be at least 1"),
+        ({"method_options": {"iters": 3}}, r"method 'svd' does not take option\(s\) iters; allowed: solver"),
+    ],
+)
+def test_bad_factorize_options_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(EmbcompressError, match=message):
+        FactorizeOptions(**kwargs)
+
+
+def test_factorize_options_round_trip_and_strict_from_dict() -> None:
+    options = FactorizeOptions(method="nmf", rank=4, targets=["input"], method_options={"max_iter": 7})
+    assert options.targets == ("input",)
+    assert FactorizeOptions.from_dict(options.to_dict()) == options
+    assert options.method_config.max_iter == 7
+    with pytest.raises(EmbcompressError, match=r"unknown FactorizeOptions field\(s\) rnak; allowed: method, rank"):
+        FactorizeOptions.from_dict({"rnak": 4})
 
 
 def test_break_even_rank_itself_accepted() -> None:
@@ -105,3 +140,12 @@ def test_output_only_on_tied_model_keeps_input_dense(tiny_ids: torch.Tensor) -> 
         h_new = model.model(tiny_ids).last_hidden_state
     torch.testing.assert_close(h_new, h_ref)
     torch.testing.assert_close(forward_logits(model, tiny_ids), model.lm_head(h_new))
+
+
+def test_frequency_options_validate_at_construction() -> None:
+    with pytest.raises(EmbcompressError, match="--freq-exponent must be between 0 and 4, got 5"):
+        FrequencyOptions("corpus.txt", exponent=5)
+    with pytest.raises(EmbcompressError, match="--freq-floor must be >= 0, got -1"):
+        FrequencyOptions("corpus.txt", floor=-1)
+    options = FrequencyOptions("corpus.txt", exponent=1.0, max_tokens=100)
+    assert FrequencyOptions.from_dict(options.to_dict()) == options

@@ -21,8 +21,9 @@ from .errors import BudgetError, EmbcompressError
 from .frequency import FrequencyOptions, TokenFrequencies, token_frequencies
 from .hf_integration import EmbcompressQuantizationConfig
 from .methods import FactorizationMethod, FitContext, get_method
-from .methods.base import ProgressFn
+from .methods.base import MethodOptions, ProgressFn
 from .modules import CompressedEmbedding, FactorizedLinear
+from .options import Options, require
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
 from .sizes import module_bytes
@@ -34,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FactorizeOptions:
-    """What to factorize and how.
+class FactorizeOptions(Options):
+    """What to factorize and how; validated at construction (method, its options, dtype, budgets).
 
     Attributes:
         method: Registered method name (``embcompress.methods.method_names()``).
@@ -47,7 +48,8 @@ class FactorizeOptions:
         targets: Which matrices to replace: ``("input", "output")`` or one of them.
         factor_dtype: Storage dtype of the factors.
         seed: Seed for any randomness in the fit.
-        method_options: Method-specific options.
+        method_options: The method's options as a JSON dict (recorded as given in each module
+            spec); parsed into the method's typed options (:attr:`method_config`).
     """
 
     method: str = "svd"
@@ -61,15 +63,22 @@ class FactorizeOptions:
     seed: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        self.targets = tuple(self.targets)
+        bad = [t for t in self.targets if t not in ROLES]
+        if bad or not self.targets:
+            raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
+        for name in ("rank", "rank_input", "rank_output"):
+            value = getattr(self, name)
+            require(value is None or value > 0, name, f"must be a positive integer, got {value}")
+        budget_from(self.rank, self.energy, self.ratio)
+        dtype_from_name(self.factor_dtype)
+        get_method(self.method).parse_options(self.method_options)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FactorizeOptions:
-        data = dict(data)
-        if "targets" in data:
-            data["targets"] = tuple(data["targets"])
-        return cls(**data)
+    @property
+    def method_config(self) -> MethodOptions:
+        """The typed options of :attr:`method` parsed from :attr:`method_options`."""
+        return get_method(self.method).parse_options(self.method_options)
 
     def rank_for(self, role: str) -> int | None:
         specific = self.rank_input if role == "input" else self.rank_output
@@ -152,19 +161,21 @@ def _check_rank(rank: int | None, role: str, rows: int, cols: int, method: Facto
     return rank
 
 
-def _check_weights(method: FactorizationMethod, row_weights: torch.Tensor | None, rows: int) -> None:
-    if method.weights_use == "required" and row_weights is None:
+def check_weights_use(method: FactorizationMethod, weighted: bool) -> None:
+    """Refuse token frequencies a method does not use, or their absence where it needs them."""
+    if method.weights_use == "required" and not weighted:
         raise EmbcompressError(f"method '{method.name}' needs token frequencies; pass --freq-data PATH")
-    if method.weights_use == "none" and row_weights is not None:
+    if method.weights_use == "none" and weighted:
         raise EmbcompressError(f"method '{method.name}' does not use token frequencies; drop --freq-data")
+
+
+def _check_weights(method: FactorizationMethod, row_weights: torch.Tensor | None, rows: int) -> None:
+    check_weights_use(method, row_weights is not None)
     if row_weights is not None and row_weights.numel() != rows:
         raise EmbcompressError(f"row weights have {row_weights.numel()} entries but the vocabulary has {rows} rows")
 
 
 def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tuple[str, ...]:
-    bad = [t for t in targets if t not in ROLES]
-    if bad or not targets:
-        raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
     if "output" in targets and found.output_module is None and targets == ("output",):
         raise EmbcompressError("target 'output' requested but the model has no output embedding (LM head)")
     return tuple(t for t in targets if t == "input" or found.output_module is not None)
@@ -173,13 +184,12 @@ def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tupl
 def plan(
     model: nn.Module, options: FactorizeOptions, row_weights: torch.Tensor | None = None
 ) -> tuple[CompressionConfig, EmbeddingTargets]:
-    """Validate ``options`` against ``model``, resolve budgets to ranks and return the specs to build.
+    """Check ``options`` against ``model`` (the options validated themselves at construction), resolve
+    budgets to ranks and return the specs to build.
 
     Touches nothing; energy budgets compute the (possibly row-weighted) spectrum of the matrix.
     """
     method = get_method(options.method)
-    method.validate_options(options.method_options)
-    dtype_from_name(options.factor_dtype)
     found = find_targets(model)
     targets = _validate_targets(tuple(options.targets), found)
     rows, cols = found.vocab_size, found.hidden_size
@@ -273,7 +283,7 @@ def factorize_model(
     config, found = plan(model, options, row_weights)
     params_before = sum(p.numel() for p in model.parameters())
     method = get_method(options.method)
-    ctx = FitContext(options.seed, row_weights, dict(options.method_options), progress)
+    ctx = FitContext(options.seed, row_weights, options.method_config, progress)
     modules: dict[str, nn.Module] = {}
     stats: list[ModuleStats] = []
     for spec in config.modules:
@@ -342,26 +352,16 @@ def convert_factor_dtype(model: nn.Module, factor_dtype: str) -> CompressionConf
     return config
 
 
-def validate_options(options: FactorizeOptions, frequency: FrequencyOptions | None = None) -> None:
-    """Checks that need no model: method, its options, factor dtype, budgets, frequency data."""
-    method = get_method(options.method)
-    method.validate_options(options.method_options)
-    dtype_from_name(options.factor_dtype)
-    for name in ("rank", "rank_input", "rank_output"):
-        value = getattr(options, name)
-        if value is not None and value <= 0:
-            raise EmbcompressError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    budget_from(options.rank, options.energy, options.ratio)
-    if method.weights_use == "required" and frequency is None:
-        raise EmbcompressError(f"method '{method.name}' needs token frequencies; pass --freq-data PATH")
-    if method.weights_use == "none" and frequency is not None:
-        raise EmbcompressError(f"method '{method.name}' does not use token frequencies; drop --freq-data")
+def check_inputs(options: FactorizeOptions, weighted: bool, frequency: FrequencyOptions | None = None) -> None:
+    """Checks that need no model beyond the options' own: the method's use of token frequencies
+    (``weighted``: row weights or ``frequency`` will be given) and that ``frequency`` holds text."""
+    check_weights_use(get_method(options.method), weighted)
     if frequency is not None:
         frequency.check()
 
 
 def _progress_total(model: nn.Module, options: FactorizeOptions) -> int | None:
-    steps = get_method(options.method).progress_total(options.method_options)
+    steps = get_method(options.method).progress_total(options.method_config)
     if steps is None:
         return None
     found = find_targets(model)
@@ -388,7 +388,7 @@ def factorize_checkpoint(
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions()
     out_path = Path(out)
-    validate_options(options, frequency if row_weights is None else None)
+    check_inputs(options, row_weights is not None or frequency is not None, frequency if row_weights is None else None)
     check_output_dir(out_path, overwrite)
     source, model, tokenizer = load_source(model_name, load, reporter)
     freqs: TokenFrequencies | None = None

@@ -17,13 +17,15 @@ import torch
 
 from .data import count_tokens, iter_documents
 from .errors import EmbcompressError
+from .options import Options
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FrequencyOptions:
-    """Where token frequencies come from and how counts become row weights.
+class FrequencyOptions(Options):
+    """Where token frequencies come from and how counts become row weights (values validated at
+    construction; :meth:`check` reads the corpus).
 
     Attributes:
         path: Text file, folder, JSONL or parquet corpus.
@@ -39,12 +41,17 @@ class FrequencyOptions:
     text_field: str | None = None
     max_tokens: int | None = None
 
-    def check(self) -> None:
-        """Fail early (before any model is loaded) on bad settings or a corpus with no text."""
+    def validate(self) -> None:
+        # the command line spells these fields --freq-exponent / --freq-floor
         if not 0 <= self.exponent <= 4:
             raise EmbcompressError(f"--freq-exponent must be between 0 and 4, got {self.exponent}")
         if self.floor < 0:
             raise EmbcompressError(f"--freq-floor must be >= 0, got {self.floor}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise EmbcompressError(f"frequency max_tokens must be a positive integer, got {self.max_tokens}")
+
+    def check(self) -> None:
+        """Fail early (before any model is loaded) on a corpus with no text."""
         first = next(iter_documents(self.path, self.text_field), None)
         if first is None:
             raise EmbcompressError(f"frequency data '{self.path}' holds no text")

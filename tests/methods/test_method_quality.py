@@ -11,7 +11,7 @@ from embcompress.config import ModuleSpec
 from embcompress.factorize import FactorizeOptions, factorize_model, relative_error
 from embcompress.methods import FitContext, get_method
 from embcompress.methods.grouped import GroupedEmbedding, allocate_ranks
-from embcompress.methods.nmf import column_shift
+from embcompress.methods.nmf import NMFOptions, column_shift
 from embcompress.methods.nonlinear import NonlinearEmbedding
 from embcompress.sizes import DENSE
 from helpers.methods import METHOD_OPTIONS, single_thread, weights_for, zipf_weights
@@ -104,7 +104,7 @@ def test_nmf_hals_close_to_sklearn() -> None:
     matrix = _matrix(3)
     errs = {}
     for solver in ("hals", "sklearn"):
-        ctx = FitContext(options={"solver": solver, "max_iter": 300})
+        ctx = FitContext(options=NMFOptions(solver=solver, max_iter=300))
         errs[solver] = float((matrix - get_method("nmf").fit(matrix, 6, ctx).reconstruct()).norm() / matrix.norm())
     assert errs["hals"] <= errs["sklearn"] * 1.05, errs
 

@@ -27,22 +27,33 @@ from ._common import (
     stdout,
 )
 
+_default = FactorizeOptions.default
+_freq = FrequencyOptions.default
+_load = LoadOptions.default
+
 
 @app.command()
 @handle_errors
 def factorize(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
-    rank: int | None = typer.Option(None, "--rank", "-r", help="Rank for every replaced matrix."),
-    rank_input: int | None = typer.Option(None, help="Rank of the input embedding (overrides --rank)."),
-    rank_output: int | None = typer.Option(None, help="Rank of an untied LM head (overrides --rank)."),
+    rank: int | None = typer.Option(_default("rank"), "--rank", "-r", help="Rank for every replaced matrix."),
+    rank_input: int | None = typer.Option(
+        _default("rank_input"), help="Rank of the input embedding (overrides --rank)."
+    ),
+    rank_output: int | None = typer.Option(
+        _default("rank_output"), help="Rank of an untied LM head (overrides --rank)."
+    ),
     energy: float | None = typer.Option(
-        None, help="Budget: smallest rank keeping this share of spectral energy, in (0, 1] (weighted for weighted-svd)."
+        _default("energy"),
+        help="Budget: smallest rank keeping this share of spectral energy, in (0, 1] (weighted for weighted-svd).",
     ),
     ratio: float | None = typer.Option(
-        None, help="Budget: largest rank compressing the saved bytes at least this much."
+        _default("ratio"), help="Budget: largest rank compressing the saved bytes at least this much."
     ),
-    method: str = typer.Option("svd", "--method", "-m", help=f"Factorization method: {', '.join(method_names())}."),
+    method: str = typer.Option(
+        _default("method"), "--method", "-m", help=f"Factorization method: {', '.join(method_names())}."
+    ),
     option: list[str] = typer.Option(
         [], "--option", "-O", help="Method option KEY=VALUE (repeatable), e.g. -O max_iter=300; see docs/methods.md."
     ),
@@ -51,14 +62,16 @@ def factorize(
     freq_data: str | None = typer.Option(
         None, help="Text (file, folder, JSONL, parquet) counted with the model's tokenizer for token frequencies."
     ),
-    freq_exponent: float = typer.Option(0.5, help="Row weight = max(count, floor) ** exponent."),
-    freq_floor: float = typer.Option(0.1, help="Pseudo-count of tokens never seen in --freq-data."),
-    targets: str = typer.Option("input,output", help="Matrices to replace: input, output or both."),
-    factor_dtype: str = typer.Option("float32", help="Factor storage: float32, float16, bfloat16, int8."),
+    freq_exponent: float = typer.Option(_freq("exponent"), help="Row weight = max(count, floor) ** exponent."),
+    freq_floor: float = typer.Option(_freq("floor"), help="Pseudo-count of tokens never seen in --freq-data."),
+    targets: str = typer.Option(",".join(_default("targets")), help="Matrices to replace: input, output or both."),
+    factor_dtype: str = typer.Option(
+        _default("factor_dtype"), help="Factor storage: float32, float16, bfloat16, int8."
+    ),
     gguf_file: GgufFile = None,
-    dtype: str = typer.Option("float32", help="Dtype to load the model in: float32, float16, bfloat16."),
-    device: str = typer.Option("cpu", help="Device for the fit: cpu, cuda, cuda:N."),
-    seed: int = typer.Option(0, help="Seed for any randomness in the fit."),
+    dtype: str = typer.Option(_load("dtype"), help="Dtype to load the model in: float32, float16, bfloat16."),
+    device: str = typer.Option(_load("device"), help="Device for the fit: cpu, cuda, cuda:N."),
+    seed: int = typer.Option(_default("seed"), help="Seed for any randomness in the fit."),
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
     json_out: JsonOut = False,
@@ -78,7 +91,7 @@ def factorize(
         seed=seed,
         method_options=parse_method_options(option, buckets, bucket_ranks),
     )
-    frequency = FrequencyOptions(freq_data, freq_exponent, freq_floor) if freq_data else None
+    frequency = FrequencyOptions(freq_data, exponent=freq_exponent, floor=freq_floor) if freq_data else None
     if Path(model).expanduser().exists():
         check_outside_input(output, Path(model))
     load = LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

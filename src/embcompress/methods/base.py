@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -11,6 +13,7 @@ import torch
 from ..config import ModuleSpec
 from ..errors import EmbcompressError
 from ..modules import FactorizedEmbedding
+from ..options import Options
 from ..sizes import module_bytes
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -33,6 +36,53 @@ class Factors:
         return out - self.offset if self.offset is not None else out
 
 
+_SCALARS: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+@dataclass
+class MethodOptions(Options):
+    """Base of the typed options of a method (``FactorizationMethod.options_class``).
+
+    Scalar fields (``int``, ``float``, ``str``, ``bool``) are converted from the parsed command-line
+    values (``-O lr=1`` gives an int) before :meth:`validate` runs; errors name the option as
+    ``<label> option <name>``.
+    """
+
+    #: Method label used in error messages (``nmf option max_iter must be at least 1``).
+    label: ClassVar[str] = "method"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            kind = hints.get(f.name)
+            if kind in _SCALARS:
+                setattr(self, f.name, self._convert(f.name, getattr(self, f.name), kind))
+        super().__post_init__()
+
+    def _convert(self, name: str, value: Any, kind: type) -> Any:
+        if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            return value
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    return value.lower() == "true"
+                raise ValueError
+            if isinstance(value, (bool, list, dict, tuple)) or value is None:
+                raise ValueError
+            if kind is int and isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return kind(value)
+        except (TypeError, ValueError):
+            raise EmbcompressError(f"{self.label} option {name} must be {_SCALARS[kind]}, got {value!r}") from None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The option names, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+
 @dataclass
 class FitContext:
     """Inputs a method may use besides the matrix and the rank.
@@ -40,13 +90,14 @@ class FitContext:
     Attributes:
         seed: Seed for any randomness (randomized SVD, NMF initialisation).
         row_weights: Optional per-row importance (e.g. token frequencies), shape ``(V,)``.
-        options: Method-specific options, validated by the method.
+        options: The method's typed options (``method.parse_options(...)``); ``None``: the options
+            recorded in the spec being built, else the defaults.
         progress: Optional callback ``(step, total, metrics)`` for long fits.
     """
 
     seed: int = 0
     row_weights: torch.Tensor | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: MethodOptions | None = None
     progress: ProgressFn | None = None
 
 
@@ -55,8 +106,8 @@ class FactorizationMethod:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: Option names this method accepts (anything else is rejected before any work).
-    option_names: ClassVar[frozenset[str]] = frozenset()
+    #: Typed options of this method (its fields are the only option names accepted).
+    options_class: ClassVar[type[MethodOptions]] = MethodOptions
     #: Whether the method stores a per-column offset.
     uses_offset: ClassVar[bool] = False
     #: Token-frequency row weights: ``"required"`` (``--freq-data`` must be given), ``"optional"`` or ``"none"``.
@@ -66,14 +117,32 @@ class FactorizationMethod:
     #: Whether the module's LM-head product materialises the dense ``V x H`` matrix.
     serving_dense: ClassVar[bool] = False
 
-    def validate_options(self, options: dict[str, Any]) -> None:
-        """Reject options this method does not take."""
-        unknown = sorted(set(options) - self.option_names)
-        if unknown:
-            allowed = ", ".join(sorted(self.option_names)) or "none"
+    def parse_options(self, options: dict[str, Any] | MethodOptions | None = None) -> MethodOptions:
+        """Typed options from a JSON / command-line dict: unknown keys and bad values are an error.
+
+        An instance of :attr:`options_class` is returned as is; ``None`` gives the defaults.
+        """
+        if isinstance(options, self.options_class):
+            return options
+        if isinstance(options, MethodOptions):
             raise EmbcompressError(
-                f"method '{self.name}' does not take option(s) {', '.join(unknown)}; allowed: {allowed}"
+                f"method '{self.name}' takes {self.options_class.__name__}, not {type(options).__name__}"
             )
+        data = dict(options or {})
+        allowed = self.options_class.field_names()
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise EmbcompressError(
+                f"method '{self.name}' does not take option(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        return self.options_class.from_dict(data)
+
+    def options_of(self, ctx: FitContext, spec: ModuleSpec | None = None) -> MethodOptions:
+        """The typed options of a fit: ``ctx.options``, else those recorded in ``spec``, else the defaults."""
+        if ctx.options is not None:
+            return self.parse_options(ctx.options)
+        return self.parse_options(spec.options if spec is not None else None)
 
     def fit(self, matrix: torch.Tensor, rank: int, ctx: FitContext) -> Factors:
         """Fit linear factors of ``matrix`` at ``rank`` (linear methods implement this)."""
@@ -98,7 +167,7 @@ class FactorizationMethod:
         """Bytes the module built from ``spec`` stores (factors, scales, offset, decoder), built on meta."""
         return module_bytes(self.module_class.from_spec(spec, device="meta"))[1]
 
-    def progress_total(self, options: dict[str, Any]) -> int | None:
+    def progress_total(self, options: MethodOptions) -> int | None:
         """Number of progress steps one fit reports through ``ctx.progress`` (``None``: no progress)."""
         return None
 

@@ -19,7 +19,8 @@ back to token order; no ``V x H`` matrix is materialised for linear buckets.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ from ..modules import FactorizedEmbedding
 from ..quant import dequantize_rows, dtype_from_name
 from ..sizes import DENSE, module_bytes
 from ..spectral import weighted_singular_values
-from .base import FactorizationMethod, FitContext
+from .base import FactorizationMethod, FitContext, MethodOptions
+from .svd import check_solver
 from .weighted_svd import require_weights, weighted_subspace
 
 logger = logging.getLogger(__name__)
@@ -39,13 +41,17 @@ logger = logging.getLogger(__name__)
 REST = "rest"
 
 
-def parse_buckets(buckets: Any, rows: int) -> list[int]:
-    """Bucket sizes from a list (or comma string) of positive ints, the last possibly ``"rest"``.
+def _items(value: Any) -> list[Any]:
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+
+
+def split_buckets(buckets: Any) -> tuple[list[int], bool]:
+    """The fixed bucket sizes of ``buckets`` and whether a last ``"rest"`` bucket follows.
 
     Raises:
-        EmbcompressError: when the buckets do not cover exactly ``rows`` tokens.
+        EmbcompressError: on an empty list or a size that is not a positive integer.
     """
-    items = [b.strip() for b in buckets.split(",")] if isinstance(buckets, str) else list(buckets)
+    items = _items(buckets)
     if not items:
         raise EmbcompressError("grouped: 'buckets' is empty; give sizes like 4000,rest")
     sizes: list[int] = []
@@ -58,9 +64,19 @@ def parse_buckets(buckets: Any, rows: int) -> list[int]:
         if size <= 0:
             raise EmbcompressError(f"grouped: bucket size {size} must be positive")
         sizes.append(size)
+    return sizes, has_rest
+
+
+def parse_buckets(buckets: Any, rows: int) -> list[int]:
+    """Bucket sizes from a list (or comma string) of positive ints, the last possibly ``"rest"``.
+
+    Raises:
+        EmbcompressError: when the buckets do not cover exactly ``rows`` tokens.
+    """
+    sizes, has_rest = split_buckets(buckets)
     total = sum(sizes)
     if (has_rest and total >= rows) or (not has_rest and total != rows):
-        text = ",".join(map(str, items))
+        text = ",".join(map(str, _items(buckets)))
         fix = f"make them sum to {rows} or end with 'rest'" if not has_rest else f"keep the sizes below {rows}"
         raise EmbcompressError(f"grouped: buckets {text} cover {total} of the {rows} vocabulary rows; {fix}")
     if has_rest:
@@ -68,24 +84,58 @@ def parse_buckets(buckets: Any, rows: int) -> list[int]:
     return sizes
 
 
+def _bucket_rank(item: Any) -> int | str:
+    if str(item).lower() == DENSE:
+        return DENSE
+    try:
+        return int(item)
+    except (TypeError, ValueError):
+        raise EmbcompressError(f"grouped: bucket rank '{item}' is not a positive integer or 'dense'") from None
+
+
 def parse_bucket_ranks(ranks: Any, sizes: list[int], cols: int) -> list[int | str]:
     """Explicit per-bucket ranks (ints or ``"dense"``), one per bucket."""
-    items = [r.strip() for r in ranks.split(",")] if isinstance(ranks, str) else list(ranks)
+    items = _items(ranks)
     if len(items) != len(sizes):
         raise EmbcompressError(f"grouped: {len(items)} bucket_ranks for {len(sizes)} buckets")
     out: list[int | str] = []
     for item, size in zip(items, sizes, strict=True):
-        if str(item).lower() == DENSE:
-            out.append(DENSE)
-            continue
-        try:
-            rank = int(item)
-        except (TypeError, ValueError):
-            raise EmbcompressError(f"grouped: bucket rank '{item}' is not a positive integer or 'dense'") from None
-        if not 1 <= rank <= min(size, cols):
+        rank = _bucket_rank(item)
+        if rank != DENSE and not 1 <= int(rank) <= min(size, cols):
             raise EmbcompressError(f"grouped: bucket rank {rank} must be between 1 and {min(size, cols)}")
         out.append(rank)
     return out
+
+
+@dataclass
+class GroupedOptions(MethodOptions):
+    """Options of ``grouped`` (the structure it resolves is added to the spec as ``bucket_sizes`` /
+    ``bucket_ranks``).
+
+    Attributes:
+        buckets: Bucket sizes by frequency, most frequent first, the last possibly ``"rest"``
+            (list or comma string; ``None``: the most frequent eighth of the vocabulary, then the rest).
+        bucket_ranks: Rank per bucket (or ``"dense"``); ``None``: allocated within the rank budget.
+        solver: Truncated-SVD solver inside each bucket (as for ``svd``).
+    """
+
+    label: ClassVar[str] = "grouped"
+
+    buckets: list[Any] | str | None = None
+    bucket_ranks: list[Any] | str | None = None
+    solver: str = "auto"
+
+    def validate(self) -> None:
+        check_solver(self.solver)
+        if self.buckets is not None:
+            split_buckets(self.buckets)
+        if self.bucket_ranks is not None:
+            ranks = [_bucket_rank(item) for item in _items(self.bucket_ranks)]
+            bad = [r for r in ranks if r != DENSE and int(r) < 1]
+            if bad:
+                raise EmbcompressError(f"grouped: bucket rank {bad[0]} must be at least 1")
+            if self.buckets is not None and len(ranks) != len(_items(self.buckets)):
+                raise EmbcompressError(f"grouped: {len(ranks)} bucket_ranks for {len(_items(self.buckets))} buckets")
 
 
 def default_buckets(rows: int) -> list[Any]:
@@ -224,7 +274,7 @@ class GroupedMethod(FactorizationMethod):
 
     name: ClassVar[str] = "grouped"
     description: ClassVar[str] = "GroupReduce: frequency buckets, each dense or with its own weighted-SVD rank"
-    option_names: ClassVar[frozenset[str]] = frozenset({"buckets", "bucket_ranks", "solver"})
+    options_class: ClassVar[type[MethodOptions]] = GroupedOptions
     weights_use: ClassVar[str] = "required"
     weighted_energy: ClassVar[bool] = True
 
@@ -233,7 +283,8 @@ class GroupedMethod(FactorizationMethod):
         return GroupedEmbedding
 
     def check_spec(self, spec: ModuleSpec) -> None:
-        sizes = parse_buckets(spec.options.get("buckets") or default_buckets(spec.num_embeddings), spec.num_embeddings)
+        opts = cast(GroupedOptions, self.parse_options(spec.options))
+        sizes = parse_buckets(opts.buckets or default_buckets(spec.num_embeddings), spec.num_embeddings)
         rows, cols = spec.num_embeddings, spec.embedding_dim
         need = sum(size + cols for size in sizes)
         if spec.rank * (rows + cols) < need:
@@ -242,8 +293,8 @@ class GroupedMethod(FactorizationMethod):
                 f"grouped: rank {spec.rank} is too small for {len(sizes)} buckets (rank 1 in each needs the budget "
                 f"of rank {nearest}); the nearest feasible value is --rank {nearest}"
             )
-        if spec.options.get("bucket_ranks") is not None:
-            ranks = parse_bucket_ranks(spec.options["bucket_ranks"], sizes, spec.embedding_dim)
+        if opts.bucket_ranks is not None:
+            ranks = parse_bucket_ranks(opts.bucket_ranks, sizes, spec.embedding_dim)
             used = sum(bucket_params(n, r, spec.embedding_dim) for n, r in zip(sizes, ranks, strict=True))
             budget = spec.rank * (spec.num_embeddings + spec.embedding_dim)
             if used > budget:
@@ -258,28 +309,28 @@ class GroupedMethod(FactorizationMethod):
 
     def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
         rows, cols = matrix.shape
+        opts = cast(GroupedOptions, self.options_of(ctx, spec))
         weights = require_weights(ctx, self.name, rows)
         m = matrix.detach().float()
         perm = torch.sort(weights.cpu(), descending=True, stable=True).indices.to(m.device)
-        sizes = parse_buckets(ctx.options.get("buckets") or default_buckets(rows), rows)
+        sizes = parse_buckets(opts.buckets or default_buckets(rows), rows)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
         groups = [perm[bounds[b] : bounds[b + 1]] for b in range(len(sizes))]
-        if ctx.options.get("bucket_ranks") is not None:
-            ranks = parse_bucket_ranks(ctx.options["bucket_ranks"], sizes, cols)
+        if opts.bucket_ranks is not None:
+            ranks = parse_bucket_ranks(opts.bucket_ranks, sizes, cols)
         else:
             spectra = [weighted_singular_values(m[g], weights[g])[: min(len(g), cols)] for g in groups]
             ranks = allocate_ranks(spectra, sizes, cols, spec.rank * (rows + cols))
         logger.info("grouped buckets (size@rank): %s", ", ".join(f"{n}@{r}" for n, r in zip(sizes, ranks, strict=True)))
         spec.options = {**spec.options, "bucket_sizes": sizes, "bucket_ranks": ranks}
         module = GroupedEmbedding.from_spec(spec, compute_dtype=matrix.dtype, device=matrix.device)
-        solver = ctx.options.get("solver", "auto")
         with torch.no_grad():
             module.perm.data = perm.to(torch.int32)
             for b, (group, rank) in enumerate(zip(groups, ranks, strict=True)):
                 if rank == DENSE:
                     module.set_factor(f"rows_{b}", m[group])
                     continue
-                factors = weighted_subspace(m[group], weights[group], int(rank), solver, ctx.seed)
+                factors = weighted_subspace(m[group], weights[group], int(rank), opts.solver, ctx.seed)
                 module.set_factor(f"codes_{b}", factors.codes)
                 module.set_factor(f"basis_{b}", factors.basis)
         return module

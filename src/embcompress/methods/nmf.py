@@ -14,18 +14,45 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import torch
 
 from ..errors import EmbcompressError
 from ..spectral import truncated_svd
-from .base import FactorizationMethod, Factors, FitContext
+from .base import FactorizationMethod, Factors, FitContext, MethodOptions
 
 logger = logging.getLogger(__name__)
 
 NMF_SOLVERS = ("hals", "sklearn")
 DEFAULT_MAX_ITER = 200
+DEFAULT_TOL = 1e-5
+
+
+@dataclass
+class NMFOptions(MethodOptions):
+    """Options of ``nmf``.
+
+    Attributes:
+        solver: ``hals`` (torch HALS, NNDSVDa start) or ``sklearn`` (scikit-learn's coordinate descent).
+        max_iter: Iteration limit of the solver (at least 1).
+        tol: HALS stops when the relative error improves by less than this share (positive).
+    """
+
+    label: ClassVar[str] = "nmf"
+
+    solver: str = "hals"
+    max_iter: int = DEFAULT_MAX_ITER
+    tol: float = DEFAULT_TOL
+
+    def validate(self) -> None:
+        if self.solver not in NMF_SOLVERS:
+            raise EmbcompressError(f"unknown nmf solver '{self.solver}'; valid: {', '.join(NMF_SOLVERS)}")
+        if self.max_iter < 1:
+            raise EmbcompressError(f"nmf option max_iter must be at least 1, got {self.max_iter}")
+        if not self.tol > 0:
+            raise EmbcompressError(f"nmf option tol must be positive, got {self.tol}")
 
 
 def column_shift(matrix: torch.Tensor) -> torch.Tensor:
@@ -60,7 +87,7 @@ def _hals_sweep(rows: torch.Tensor, num: torch.Tensor, gram: torch.Tensor) -> No
 
 
 def hals_nmf(
-    x: torch.Tensor, rank: int, max_iter: int = DEFAULT_MAX_ITER, tol: float = 1e-5, seed: int = 0
+    x: torch.Tensor, rank: int, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x ~ w @ h`` with ``w, h >= 0`` by HALS (Cichocki & Phan 2009); stops when the error stalls.
 
@@ -103,27 +130,18 @@ class NMFMethod(FactorizationMethod):
 
     name: ClassVar[str] = "nmf"
     description: ClassVar[str] = "non-negative factors of E + c (per-column shift c stored as the offset)"
-    option_names: ClassVar[frozenset[str]] = frozenset({"solver", "max_iter", "tol"})
+    options_class: ClassVar[type[MethodOptions]] = NMFOptions
     uses_offset: ClassVar[bool] = True
-
-    def validate_options(self, options: dict[str, Any]) -> None:
-        super().validate_options(options)
-        solver = options.get("solver", "hals")
-        if solver not in NMF_SOLVERS:
-            raise EmbcompressError(f"unknown nmf solver '{solver}'; valid: {', '.join(NMF_SOLVERS)}")
-        if int(options.get("max_iter", DEFAULT_MAX_ITER)) < 1:
-            raise EmbcompressError("nmf option max_iter must be at least 1")
 
     def fit(self, matrix: torch.Tensor, rank: int, ctx: FitContext) -> Factors:
         x = matrix.detach().float()
         shift = column_shift(x)
         shifted = x + shift
-        solver = ctx.options.get("solver", "hals")
-        max_iter = int(ctx.options.get("max_iter", DEFAULT_MAX_ITER))
+        opts = cast(NMFOptions, self.options_of(ctx))
         start = time.perf_counter()
-        if solver == "sklearn":
-            w, h = sklearn_nmf(shifted, rank, max_iter, ctx.seed)
+        if opts.solver == "sklearn":
+            w, h = sklearn_nmf(shifted, rank, opts.max_iter, ctx.seed)
         else:
-            w, h = hals_nmf(shifted, rank, max_iter, float(ctx.options.get("tol", 1e-5)), ctx.seed)
-        logger.info("nmf (%s) rank %d fitted in %.1fs", solver, rank, time.perf_counter() - start)
+            w, h = hals_nmf(shifted, rank, opts.max_iter, opts.tol, ctx.seed)
+        logger.info("nmf (%s) rank %d fitted in %.1fs", opts.solver, rank, time.perf_counter() - start)
         return Factors(codes=w.clamp_min(0), basis=h.clamp_min(0), offset=shift)

@@ -20,11 +20,12 @@ not unless the dense matrix is cached or exported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from ..errors import EmbcompressError
 from ..modules import FactorizedEmbedding
 from ..quant import dtype_from_name
 from ..spectral import truncated_svd
-from .base import FactorizationMethod, FitContext
+from .base import FactorizationMethod, FitContext, MethodOptions
 from .svd import balanced_factors
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ _CHUNK = 8192
 
 
 @dataclass
-class DecoderOptions:
-    """Structure and fit settings of the nonlinear decoder (all keys of the method's options).
+class DecoderOptions(MethodOptions):
+    """Options of ``nonlinear``: structure and fit settings of the decoder.
 
     Attributes:
-        hidden: Width ``m`` of the expansion layers (default ``min(2 * rank, H)`` rounded to ``groups``).
+        hidden: Width ``m`` of the expansion layers (0: ``min(2 * rank, H)`` rounded to ``groups``,
+            filled by :meth:`resolved` and recorded in the spec).
         depth: Number of expansion layers (1: Distilled Embedding; >1: DeFINE-style with skips).
         groups: Groups of the grouped linear layers 2..depth (``hidden`` must be divisible by it).
         activation: ``relu`` (default), ``gelu``, ``tanh`` or ``silu``.
@@ -58,6 +60,8 @@ class DecoderOptions:
         cosine: Weight of the ``1 - cos(E_t, E_hat_t)`` term added to the relative MSE.
         batch_rows: Rows sampled per Adam step (0: the full matrix every step).
     """
+
+    label: ClassVar[str] = "nonlinear"
 
     hidden: int = 0
     depth: int = 1
@@ -68,25 +72,21 @@ class DecoderOptions:
     cosine: float = 0.0
     batch_rows: int = 4096
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any], rank: int | None = None, cols: int | None = None) -> DecoderOptions:
-        """Parse and check ``options``; fill the default ``hidden`` when ``rank`` and ``cols`` are known."""
-        try:
-            opts = cls(**{k: type(getattr(cls, k))(v) for k, v in options.items() if k in _FIELDS})
-        except (TypeError, ValueError) as exc:
-            raise EmbcompressError(f"bad nonlinear option: {exc}") from None
-        if opts.activation not in ACTIVATIONS:
-            raise EmbcompressError(f"unknown activation '{opts.activation}'; valid: {', '.join(ACTIVATIONS)}")
-        if opts.depth < 1 or opts.groups < 1 or opts.steps < 0 or opts.hidden < 0 or opts.lr <= 0:
+    def validate(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise EmbcompressError(f"unknown activation '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
+        if self.depth < 1 or self.groups < 1 or self.steps < 0 or self.hidden < 0 or not self.lr > 0:
             raise EmbcompressError("nonlinear options depth, groups must be >= 1; steps, hidden >= 0; lr > 0")
-        if opts.hidden == 0 and rank is not None and cols is not None:
-            opts.hidden = max(opts.groups, min(2 * rank, cols) // opts.groups * opts.groups)
-        if opts.hidden and opts.hidden % opts.groups:
-            raise EmbcompressError(f"nonlinear: hidden {opts.hidden} is not divisible by groups {opts.groups}")
-        return opts
+        if self.cosine < 0:
+            raise EmbcompressError(f"nonlinear option cosine must be >= 0, got {self.cosine}")
+        if self.hidden and self.hidden % self.groups:
+            raise EmbcompressError(f"nonlinear: hidden {self.hidden} is not divisible by groups {self.groups}")
 
-
-_FIELDS = frozenset(DecoderOptions.__dataclass_fields__)
+    def resolved(self, rank: int, cols: int) -> DecoderOptions:
+        """A copy with the default ``hidden`` filled for ``rank`` and hidden size ``cols``."""
+        if self.hidden:
+            return self
+        return dataclasses.replace(self, hidden=max(self.groups, min(2 * rank, cols) // self.groups * self.groups))
 
 
 class NonlinearEmbedding(FactorizedEmbedding):
@@ -94,7 +94,7 @@ class NonlinearEmbedding(FactorizedEmbedding):
 
     def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(spec, compute_dtype)
-        opts = DecoderOptions.from_options(spec.options, spec.rank, spec.embedding_dim)
+        opts = DecoderOptions.from_dict(spec.options).resolved(spec.rank, spec.embedding_dim)
         self.activation = opts.activation
         store = dtype_from_name(spec.factor_dtype)
         store = torch.float32 if store == torch.int8 else store
@@ -208,7 +208,7 @@ class NonlinearMethod(FactorizationMethod):
 
     name: ClassVar[str] = "nonlinear"
     description: ClassVar[str] = "per-token codes + nonlinear decoder (Distilled Embedding / DeFINE-style)"
-    option_names: ClassVar[frozenset[str]] = _FIELDS
+    options_class: ClassVar[type[MethodOptions]] = DecoderOptions
     weights_use: ClassVar[str] = "optional"
     serving_dense: ClassVar[bool] = True
 
@@ -216,15 +216,11 @@ class NonlinearMethod(FactorizationMethod):
     def module_class(self) -> type[FactorizedEmbedding]:
         return NonlinearEmbedding
 
-    def validate_options(self, options: dict[str, Any]) -> None:
-        super().validate_options(options)
-        DecoderOptions.from_options(options)
-
-    def progress_total(self, options: dict[str, Any]) -> int | None:
-        return DecoderOptions.from_options(options).steps
+    def progress_total(self, options: MethodOptions) -> int | None:
+        return cast(DecoderOptions, self.parse_options(options)).steps
 
     def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
-        opts = DecoderOptions.from_options(spec.options, spec.rank, spec.embedding_dim)
+        opts = cast(DecoderOptions, self.options_of(ctx, spec)).resolved(spec.rank, spec.embedding_dim)
         spec.options = {**spec.options, "hidden": opts.hidden}
         work_spec = ModuleSpec.from_dict({**spec.to_dict(), "factor_dtype": "float32"})
         work = NonlinearEmbedding.from_spec(work_spec, torch.float32, device=matrix.device)

@@ -10,13 +10,14 @@ the weights.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 
 from ..errors import EmbcompressError
 from ..spectral import truncated_svd
-from .base import FactorizationMethod, Factors, FitContext
+from .base import FactorizationMethod, Factors, FitContext, MethodOptions
+from .svd import SVDOptions
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ class WeightedSVDMethod(FactorizationMethod):
 
     name: ClassVar[str] = "weighted-svd"
     description: ClassVar[str] = "SVD of diag(sqrt w) E (w from token frequencies), exact weighted optimum"
-    option_names: ClassVar[frozenset[str]] = frozenset({"solver"})
+    options_class: ClassVar[type[MethodOptions]] = SVDOptions
     weights_use: ClassVar[str] = "required"
     weighted_energy: ClassVar[bool] = True
 
     def fit(self, matrix: torch.Tensor, rank: int, ctx: FitContext) -> Factors:
         weights = require_weights(ctx, self.name, matrix.shape[0])
-        return weighted_subspace(matrix, weights, rank, ctx.options.get("solver", "auto"), ctx.seed)
+        opts = cast(SVDOptions, self.options_of(ctx))
+        return weighted_subspace(matrix, weights, rank, opts.solver, ctx.seed)
