@@ -114,6 +114,17 @@ def test_config_round_trip_and_validation() -> None:
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
     assert DistillConfig().with_default_budget().max_minutes == 30.0
     assert cfg.weights.resolved("encoder")["kl"] == 0.5
-    for bad in (DistillConfig(steps=0), DistillConfig(train="everything"), DistillConfig(seq_len=2)):
-        with pytest.raises(EmbcompressError):
-            bad.validate()
+    cfg.validate()  # explicit validation still runs (construction ran it already)
+    for bad, message in (
+        ({"steps": 0}, "--steps must be a positive integer, got 0"),
+        ({"train": "everything"}, "--train must be one of"),
+        ({"seq_len": 2}, "--seq-len must be at least 4, got 2"),
+        ({"weights": LossWeights(kl=0.5), "heldout_fraction": 1.0}, r"--heldout-fraction must be in \(0, 1\)"),
+    ):
+        with pytest.raises(EmbcompressError, match=message):
+            DistillConfig(**bad)
+    with pytest.raises(EmbcompressError, match="loss weights must be >= 0"):
+        LossWeights(kl=-1.0)
+    with pytest.raises(EmbcompressError, match=r"unknown DistillConfig field\(s\) stepz; allowed: steps"):
+        DistillConfig.from_dict({"stepz": 3})
+    assert DistillConfig.from_dict({"weights": {"kl": 0.25}}).weights == LossWeights(kl=0.25)

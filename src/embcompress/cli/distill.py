@@ -23,6 +23,9 @@ from ._common import (
     stdout,
 )
 
+_default = DistillConfig.default
+_weight = LossWeights.default
+
 
 def _layers(value: str) -> tuple[int, ...]:
     try:
@@ -41,40 +44,57 @@ def distill(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Text file, folder, JSONL or parquet; none: data-free."
     ),
-    text_field: str | None = typer.Option(None, help="Text field of JSONL/parquet records."),
-    steps: int | None = typer.Option(None, help="Optimiser steps budget."),
-    max_tokens: int | None = typer.Option(None, help="Training tokens budget."),
-    max_minutes: float | None = typer.Option(None, help="Wall-clock budget (default 30 when no budget is given)."),
-    batch_size: int = typer.Option(8, help="Sequences per micro-batch and process."),
-    grad_accum: int = typer.Option(1, help="Micro-batches per optimiser step."),
-    seq_len: int = typer.Option(128, help="Tokens per sequence."),
-    lr: float = typer.Option(3e-3, help="Peak AdamW learning rate (warmup, then cosine decay)."),
-    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
-    train: str = typer.Option("factors", help="What trains: factors, factors+norms, all."),
-    temperature: float = typer.Option(2.0, help="KL temperature."),
-    kl_weight: float | None = typer.Option(None, help="KL weight (default 1 for LMs, 0 for encoders)."),
-    hidden_weight: float | None = typer.Option(None, help="Hidden-state weight (default 1 for encoders, else 0)."),
-    pooled_weight: float | None = typer.Option(None, help="Mean-pooled embedding weight (default 1 for encoders)."),
-    recon_weight: float | None = typer.Option(None, help="Reconstruction weight against the teacher matrix (0)."),
-    lm_weight: float | None = typer.Option(None, help="Plain LM loss weight (0)."),
-    hidden_layers: str = typer.Option("-1", help="Hidden layers matched by the hidden term (comma-separated)."),
-    hidden_loss: str = typer.Option("cosine", help="Hidden-state distance: cosine or mse."),
-    eval_every: int = typer.Option(50, help="Steps between held-out evaluations."),
-    eval_windows: int = typer.Option(32, help="Held-out sequences per evaluation."),
-    patience: int = typer.Option(5, help="Stop after this many evaluations without improvement (0: never)."),
-    checkpoint_every: int = typer.Option(100, help="Steps between training checkpoints."),
-    heldout_fraction: float = typer.Option(0.05, help="Share of documents held out for evaluation."),
+    text_field: str | None = typer.Option(_default("text_field"), help="Text field of JSONL/parquet records."),
+    steps: int | None = typer.Option(_default("steps"), help="Optimiser steps budget."),
+    max_tokens: int | None = typer.Option(_default("max_tokens"), help="Training tokens budget."),
+    max_minutes: float | None = typer.Option(
+        _default("max_minutes"), help="Wall-clock budget (default 30 when no budget is given)."
+    ),
+    batch_size: int = typer.Option(_default("batch_size"), help="Sequences per micro-batch and process."),
+    grad_accum: int = typer.Option(_default("grad_accum"), help="Micro-batches per optimiser step."),
+    seq_len: int = typer.Option(_default("seq_len"), help="Tokens per sequence."),
+    lr: float = typer.Option(_default("lr"), help="Peak AdamW learning rate (warmup, then cosine decay)."),
+    weight_decay: float = typer.Option(_default("weight_decay"), help="AdamW weight decay."),
+    train: str = typer.Option(_default("train"), help="What trains: factors, factors+norms, all."),
+    temperature: float = typer.Option(_default("temperature"), help="KL temperature."),
+    kl_weight: float | None = typer.Option(_weight("kl"), help="KL weight (default 1 for LMs, 0 for encoders)."),
+    hidden_weight: float | None = typer.Option(
+        _weight("hidden"), help="Hidden-state weight (default 1 for encoders, else 0)."
+    ),
+    pooled_weight: float | None = typer.Option(
+        _weight("pooled"), help="Mean-pooled embedding weight (default 1 for encoders)."
+    ),
+    recon_weight: float | None = typer.Option(
+        _weight("recon"), help="Reconstruction weight against the teacher matrix (0)."
+    ),
+    lm_weight: float | None = typer.Option(_weight("lm"), help="Plain LM loss weight (0)."),
+    hidden_layers: str = typer.Option(
+        ",".join(map(str, _default("hidden_layers"))),
+        help="Hidden layers matched by the hidden term (comma-separated).",
+    ),
+    hidden_loss: str = typer.Option(_default("hidden_loss"), help="Hidden-state distance: cosine or mse."),
+    eval_every: int = typer.Option(_default("eval_every"), help="Steps between held-out evaluations."),
+    eval_windows: int = typer.Option(_default("eval_windows"), help="Held-out sequences per evaluation."),
+    patience: int = typer.Option(
+        _default("patience"), help="Stop after this many evaluations without improvement (0: never)."
+    ),
+    checkpoint_every: int = typer.Option(_default("checkpoint_every"), help="Steps between training checkpoints."),
+    heldout_fraction: float = typer.Option(
+        _default("heldout_fraction"), help="Share of documents held out for evaluation."
+    ),
     cache_teacher: Path | None = typer.Option(None, help="Folder caching teacher top-k logits / hidden states."),
-    cache_top_k: int = typer.Option(64, help="Top-k logits kept per position when caching."),
-    sample_temperature: float = typer.Option(1.0, help="Data-free sampling temperature (causal teachers)."),
-    sample_top_p: float = typer.Option(0.95, help="Data-free nucleus sampling top-p."),
+    cache_top_k: int = typer.Option(_default("cache_top_k"), help="Top-k logits kept per position when caching."),
+    sample_temperature: float = typer.Option(
+        _default("sample_temperature"), help="Data-free sampling temperature (causal teachers)."
+    ),
+    sample_top_p: float = typer.Option(_default("sample_top_p"), help="Data-free nucleus sampling top-p."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last training checkpoint."),
     keep_checkpoints: bool = typer.Option(
         False, help="Keep the training checkpoints (<output>.distill/) after success."
     ),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
+    gguf_file: str | None = typer.Option(LoadOptions.default("gguf_file"), help="GGUF file inside the teacher folder."),
     device: AutoDevice = None,
-    seed: int = typer.Option(0, help="Seed of data order, masking and sampling."),
+    seed: int = typer.Option(_default("seed"), help="Seed of data order, masking and sampling."),
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
     verbose: Verbose = False,
@@ -91,7 +111,7 @@ def distill(
         lr=lr,
         weight_decay=weight_decay,
         train=train,
-        weights=LossWeights(kl_weight, hidden_weight, pooled_weight, recon_weight, lm_weight),
+        weights=LossWeights(kl=kl_weight, hidden=hidden_weight, pooled=pooled_weight, recon=recon_weight, lm=lm_weight),
         temperature=temperature,
         hidden_layers=_layers(hidden_layers),
         hidden_loss=hidden_loss,

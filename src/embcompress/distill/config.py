@@ -8,14 +8,15 @@ from typing import Any
 
 from ..errors import EmbcompressError
 from ..kinds import ModelKind
+from ..options import Options, require
 
 TRAIN_MODES = ("factors", "factors+norms", "all")
 HIDDEN_LOSSES = ("cosine", "mse")
 
 
 @dataclass
-class LossWeights:
-    """Weights of the loss terms; ``None`` means "the default for the model kind".
+class LossWeights(Options):
+    """Weights of the loss terms; ``None`` means "the default for the model kind" (validated >= 0).
 
     Attributes:
         kl: KL(teacher || student) on temperature-scaled logits (causal and masked LMs).
@@ -37,12 +38,10 @@ class LossWeights:
         defaults = DEFAULT_WEIGHTS[kind]
         return {name: float(v if v is not None else defaults[name]) for name, v in dataclasses.asdict(self).items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LossWeights:
-        return cls(**data)
+    def validate(self) -> None:
+        weights = dataclasses.asdict(self)
+        if any(v is not None and v < 0 for v in weights.values()):
+            raise EmbcompressError(f"loss weights must be >= 0, got {weights}")
 
 
 #: Default loss weights per model kind. Encoders have no logits: hidden + pooled are the signal.
@@ -54,8 +53,10 @@ DEFAULT_WEIGHTS: dict[ModelKind, dict[str, float]] = {
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(Options):
     """Everything that determines a distillation run (budgets, optimiser, losses, data, eval).
+
+    Values are validated at construction (:meth:`validate`); data and model checks run later.
 
     Attributes:
         steps / max_tokens / max_minutes: Budgets; the run stops at the first one reached. With
@@ -113,22 +114,17 @@ class DistillConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = super().to_dict()
         data["hidden_layers"] = list(self.hidden_layers)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Build from :meth:`to_dict` output; unknown keys are an error listing the allowed ones."""
         data = dict(data)
         if "weights" in data and isinstance(data["weights"], dict):
             data["weights"] = LossWeights.from_dict(data["weights"])
-        if "hidden_layers" in data:
-            data["hidden_layers"] = tuple(data["hidden_layers"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise EmbcompressError(f"unknown distill option(s) {unknown}")
-        return cls(**data)
+        return super().from_dict(data)
 
     def with_default_budget(self) -> DistillConfig:
         """A copy with ``max_minutes=30`` when no budget was given."""
@@ -137,30 +133,27 @@ class DistillConfig:
         return self
 
     def validate(self) -> None:
-        """One-line errors for impossible values (checked before anything is loaded)."""
+        """One-line errors for impossible values (run at construction, before anything is loaded)."""
+        self.hidden_layers = tuple(self.hidden_layers)
         for name in ("steps", "max_tokens"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise EmbcompressError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise EmbcompressError(f"--max-minutes must be positive, got {self.max_minutes}")
+            require(value is None or value > 0, name, f"must be a positive integer, got {value}")
+        require(
+            self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be positive, got {self.max_minutes}"
+        )
         for name in ("batch_size", "grad_accum", "seq_len", "eval_every", "eval_windows", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise EmbcompressError(
-                    f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}"
-                )
-        if self.seq_len < 4:
-            raise EmbcompressError(f"--seq-len must be at least 4, got {self.seq_len}")
-        if self.train not in TRAIN_MODES:
-            raise EmbcompressError(f"--train must be one of {', '.join(TRAIN_MODES)}, got '{self.train}'")
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise EmbcompressError(f"--hidden-loss must be one of {', '.join(HIDDEN_LOSSES)}, got '{self.hidden_loss}'")
+            require(getattr(self, name) > 0, name, f"must be a positive integer, got {getattr(self, name)}")
+        require(self.seq_len >= 4, "seq_len", f"must be at least 4, got {self.seq_len}")
+        require(self.train in TRAIN_MODES, "train", f"must be one of {', '.join(TRAIN_MODES)}, got '{self.train}'")
+        require(
+            self.hidden_loss in HIDDEN_LOSSES,
+            "hidden_loss",
+            f"must be one of {', '.join(HIDDEN_LOSSES)}, got '{self.hidden_loss}'",
+        )
         if self.lr <= 0 or self.temperature <= 0:
             raise EmbcompressError("--lr and --temperature must be positive")
-        if not 0 < self.heldout_fraction < 1:
-            raise EmbcompressError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.cache_top_k <= 0:
-            raise EmbcompressError(f"--cache-top-k must be positive, got {self.cache_top_k}")
-        weights = dataclasses.asdict(self.weights)
-        if any(v is not None and v < 0 for v in weights.values()):
-            raise EmbcompressError(f"loss weights must be >= 0, got {weights}")
+        require(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        require(self.cache_top_k > 0, "cache_top_k", f"must be positive, got {self.cache_top_k}")
+        if isinstance(self.weights, dict):
+            self.weights = LossWeights.from_dict(self.weights)
+        self.weights.validate()
