@@ -87,3 +87,15 @@ def test_mismatched_vocabulary_is_refused(pair: dict[str, Path]) -> None:
 
 def test_bad_format_is_refused(pair: dict[str, Path]) -> None:
     assert "unknown --format" in _error_line(invoke("report", str(pair["student"]), "--format", "xml"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-docs", "0"], "--max-docs must be a positive integer, got 0"),
+        (["--repeats", "0"], "--speed-repeats must be a positive integer, got 0"),
+        (["--threads", "-1"], "--speed-threads must be a positive integer, got -1"),
+    ],
+)
+def test_bad_evaluation_sizes_are_one_line_errors(pair: dict[str, Path], args: list[str], message: str) -> None:
+    assert message in _error_line(invoke("report", str(pair["student"]), *args))

@@ -52,6 +52,9 @@ def test_sweep_without_text_uses_matrix_error(setup: dict[str, Path]) -> None:
         (["--ranks", "a,b"], "comma-separated numbers"),
         (["--energies", "1.5"], "between 0 and 1"),
         ([], "no budget given"),
+        (["--ranks", "0"], "--ranks values must be positive"),
+        (["--ranks", "2", "--targets", "middle"], "unknown target(s) middle"),
+        (["--ranks", "2", "--max-docs", "0"], "--max-docs must be a positive integer, got 0"),
     ],
 )
 def test_bad_grid_is_one_line_error(setup: dict[str, Path], args: list[str], message: str) -> None:

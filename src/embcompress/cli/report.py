@@ -24,6 +24,10 @@ from ._common import RichReporter, Verbose, console, handle_errors, setup_loggin
 
 FORMATS = ("rich", "json", "markdown")
 
+_eval = EvalOptions.default
+_report = ReportOptions.default
+_load = LoadOptions.default
+
 
 def check_html_path(path: Path | None) -> None:
     """Refuse an HTML output that cannot be written, before any work."""
@@ -94,20 +98,30 @@ def report(
     ),
     data: Path | None = typer.Option(None, "--data", "-d", help="Evaluation text: file, folder, JSONL or parquet."),
     freq_data: Path | None = typer.Option(None, help="Text for token-frequency buckets (default: --data)."),
-    text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
+    text_field: str | None = typer.Option(_report("text_field"), help="Text field / column of JSONL or parquet data."),
     fmt: str = typer.Option("rich", "--format", "-f", help="Output on stdout: rich, json or markdown."),
     html_out: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-    max_tokens: int = typer.Option(4096, help="Causal LM: tokens scored."),
-    max_docs: int = typer.Option(1000, help="Masked LM / encoder: documents (paragraphs) encoded."),
-    seq_len: int = typer.Option(128, help="Window (causal LM) or truncation length."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    speed: bool = typer.Option(True, help="Measure forward / head / lookup latency."),
-    repeats: int = typer.Option(5, help="Timed repetitions per latency (median reported)."),
-    threads: int | None = typer.Option(None, help="Torch CPU threads while timing (default: torch's)."),
-    seed: int = typer.Option(0, help="Seed of the masked-LM masking."),
-    gguf_file: str | None = typer.Option(None, help="GGUF file inside the teacher folder."),
-    dtype: str = typer.Option("float32", help="Dtype both models are loaded in."),
-    device: str = typer.Option("cpu", help="Device: cpu, cuda, cuda:N."),
+    max_tokens: int = typer.Option(_eval("max_tokens"), help="Causal LM: tokens scored."),
+    max_docs: int = typer.Option(_eval("max_docs"), help="Masked LM / encoder: documents (paragraphs) encoded."),
+    seq_len: int = typer.Option(_eval("seq_len"), help="Window (causal LM) or truncation length."),
+    batch_size: int = typer.Option(_eval("batch_size"), help="Sequences per forward pass."),
+    speed: bool = typer.Option(_report("speed"), help="Measure forward / head / lookup latency."),
+    repeats: int = typer.Option(
+        _report("speed_repeats"),
+        "--repeats",
+        "--speed-repeats",
+        help="Timed repetitions per latency (median reported).",
+    ),
+    threads: int | None = typer.Option(
+        _report("speed_threads"),
+        "--threads",
+        "--speed-threads",
+        help="Torch CPU threads while timing (default: torch's).",
+    ),
+    seed: int = typer.Option(_eval("seed"), help="Seed of the masked-LM masking."),
+    gguf_file: str | None = typer.Option(_load("gguf_file"), help="GGUF file inside the teacher folder."),
+    dtype: str = typer.Option(_load("dtype"), help="Dtype both models are loaded in."),
+    device: str = typer.Option(_load("device"), help="Device: cpu, cuda, cuda:N."),
     verbose: Verbose = False,
 ) -> None:
     """Report what compressing STUDENT cost against TEACHER: size, fidelity, behaviour, speed, int8/int4."""
@@ -115,15 +129,13 @@ def report(
     if fmt not in FORMATS:
         raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
     check_html_path(html_out)
-    for name, value in (
-        ("max-tokens", max_tokens),
-        ("max-docs", max_docs),
-        ("seq-len", seq_len),
-        ("batch-size", batch_size),
-        ("repeats", repeats),
-    ):
-        if value <= 0:
-            raise EmbcompressError(f"--{name} must be a positive integer, got {value}")
+    options = ReportOptions(
+        eval=EvalOptions(max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed),
+        speed=speed,
+        speed_repeats=repeats,
+        speed_threads=threads,
+        text_field=text_field,
+    )
     reporter = RichReporter(enabled=fmt == "rich")
     with reporter.stage(f"loading {student}"):
         student_model, student_tok, student_dir = load_student(student, dtype, device)
@@ -132,13 +144,6 @@ def report(
         teacher_name, LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device), reporter
     )
     check_vocabularies(student_tok, teacher_tok)
-    options = ReportOptions(
-        eval=EvalOptions(max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed),
-        speed=speed,
-        speed_repeats=repeats,
-        speed_threads=threads,
-        text_field=text_field,
-    )
     result = build_report(
         student_model,
         teacher_model,

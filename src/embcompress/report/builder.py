@@ -19,6 +19,7 @@ from ..checkpoint import SUMMARY_NAME, write_json
 from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
+from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
 from ..quant import fake_quantize_rows
 from ..spectral import energy_curve, singular_values
@@ -39,8 +40,8 @@ TEXT_METRICS = ("behaviour", "speed", "weighted_relative_error", "by_bucket")
 
 
 @dataclass
-class ReportOptions:
-    """What to measure.
+class ReportOptions(Options):
+    """What to measure (validated at construction).
 
     Attributes:
         eval: Size and batching of the evaluation text.
@@ -63,6 +64,29 @@ class ReportOptions:
     text_field: str | None = None
     heldout_fraction: float | None = None
     split_seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.eval, dict):
+            self.eval = EvalOptions.from_dict(self.eval)
+        self.reference_bits = tuple(self.reference_bits)
+        require(self.speed_repeats > 0, "speed_repeats", f"must be a positive integer, got {self.speed_repeats}")
+        require(
+            self.speed_threads is None or self.speed_threads > 0,
+            "speed_threads",
+            f"must be a positive integer, got {self.speed_threads}",
+        )
+        bad = [b for b in self.reference_bits if not 2 <= b <= 8]
+        require(not bad, "reference_bits", f"must be widths between 2 and 8, got {bad}")
+        require(
+            self.freq_max_tokens is None or self.freq_max_tokens > 0,
+            "freq_max_tokens",
+            f"must be a positive integer, got {self.freq_max_tokens}",
+        )
+        require(
+            self.heldout_fraction is None or 0 < self.heldout_fraction < 1,
+            "heldout_fraction",
+            f"must be in (0, 1), got {self.heldout_fraction}",
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from torch import nn
 from ..data import packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
 from ..kinds import ModelKind, detect_kind
+from ..options import Options, require
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ TASKS = tuple(kind.value for kind in ModelKind)
 
 
 @dataclass
-class EvalOptions:
-    """How much text to evaluate on and how to batch it.
+class EvalOptions(Options):
+    """How much text to evaluate on and how to batch it (validated at construction).
 
     Attributes:
         max_tokens: Causal LM: tokens scored (packed windows of ``seq_len``).
@@ -41,6 +42,12 @@ class EvalOptions:
     mask_prob: float = 0.15
     neighbours: int = 10
     seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("max_tokens", "max_docs", "seq_len", "batch_size", "neighbours"):
+            value = getattr(self, name)
+            require(value > 0, name, f"must be a positive integer, got {value}")
+        require(0 < self.mask_prob < 1, "mask_prob", f"must be in (0, 1), got {self.mask_prob}")
 
 
 @dataclass

@@ -17,29 +17,52 @@ from ..config import ROLES
 from ..errors import EmbcompressError
 from ..factorize import FactorizeOptions, factorize_model
 from ..methods import get_method, method_names
+from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
 from ..spectral import rank_for_energy, singular_values
 from ..version import __version__
 from .behaviour import compare
 from .builder import Evaluation, ReportOptions, matrix_pairs, primary_value, reference_rows
+from .evalset import EvalOptions
 from .fidelity import matrix_fidelity, rows_of
 from .size import module_size
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SweepGrid:
-    """Methods x budgets. A budget is a rank, an energy share kept (SVD spectrum of the input matrix) or a
-    compression ratio of the stored embedding bytes (converted to the rank that reaches it)."""
+#: The lighter evaluation of each sweep point (the ``sweep`` command's defaults).
+SWEEP_EVAL = EvalOptions(max_tokens=2048, max_docs=300)
 
-    methods: tuple[str, ...]
+
+@dataclass
+class SweepGrid(Options):
+    """Methods x budgets. A budget is a rank, an energy share kept (SVD spectrum of the input matrix) or a
+    compression ratio of the stored embedding bytes (converted to the rank that reaches it).
+
+    Values are validated at construction; methods not registered are skipped at run time."""
+
+    methods: tuple[str, ...] = ("svd",)
     ranks: tuple[int, ...] = ()
     energies: tuple[float, ...] = ()
     ratios: tuple[float, ...] = ()
     targets: tuple[str, ...] = ROLES
     factor_dtype: str = "float32"
     seed: int = 0
+
+    def validate(self) -> None:
+        self.methods, self.ranks, self.energies, self.ratios, self.targets = (
+            tuple(v) for v in (self.methods, self.ranks, self.energies, self.ratios, self.targets)
+        )
+        for name in ("ranks", "energies", "ratios"):
+            values = getattr(self, name)
+            require(all(v > 0 for v in values), name, f"values must be positive, got {list(values)}")
+        shares = list(self.energies)
+        require(all(e <= 1 for e in shares), "energies", f"are shares between 0 and 1, got {shares}")
+        bad = [t for t in self.targets if t not in ROLES]
+        if bad or not self.targets:
+            raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
+        if not (self.ranks or self.energies or self.ratios):
+            raise EmbcompressError("no budget given; pass --ranks, --energies or --ratios")
 
     def budgets(self, teacher: nn.Module, method: str) -> list[tuple[str, int]]:
         """``(label, rank)`` for every budget of ``method``."""
@@ -55,9 +78,15 @@ class SweepGrid:
 
 
 def available_methods(requested: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Split the requested methods into registered ones and the ones not (yet) registered."""
+    """Split the requested methods into registered ones and the ones not (yet) registered; an error
+    when none is registered."""
     known = set(method_names())
-    return [m for m in requested if m in known], [m for m in requested if m not in known]
+    usable, missing = [m for m in requested if m in known], [m for m in requested if m not in known]
+    if not usable:
+        raise EmbcompressError(
+            f"none of the methods {', '.join(requested)} is registered; available: {', '.join(method_names())}"
+        )
+    return usable, missing
 
 
 def pareto_front(points: list[dict[str, Any]], higher_is_better: bool) -> None:
@@ -135,12 +164,6 @@ def run_sweep(
     options = options or ReportOptions()
     reporter = reporter or LoggingReporter()
     methods, missing = available_methods(grid.methods)
-    if not methods:
-        raise EmbcompressError(
-            f"none of the methods {', '.join(grid.methods)} is registered; available: {', '.join(method_names())}"
-        )
-    if not (grid.ranks or grid.energies or grid.ratios):
-        raise EmbcompressError("no budget given; pass --ranks, --energies or --ratios")
     plan = [(m, label, rank) for m in methods for label, rank in grid.budgets(teacher, m)]
     pairs = matrix_pairs(teacher, teacher)
     original = sum(module_size(p.role, p.path, p.dense_module, p.dense_module, p.tied)["bytes_before"] for p in pairs)
