@@ -361,3 +361,41 @@ def test_densify_keeps_a_scaled_embedding_and_the_dense_export_reloads(tmp_path:
         dense.save_pretrained(tmp_path / "dense")
         reloaded = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "dense").eval()
         assert torch.allclose(reloaded(input_ids=ids, decoder_input_ids=ids).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama-untied", "bert-mlm"])
+def test_large_outputs_are_written_sharded_and_load_back_identically(name: str, tmp_path: Path, tiny_ids) -> None:
+    model = build(name)
+    factorize_model(model, FactorizeOptions(rank=RANK))
+    expected = forward_logits(model, tiny_ids)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_model_files(model, folder, max_shard_bytes=4096)
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (folder / WEIGHTS_NAME).exists()
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    stored = {k for shard in shards for k in load_file(str(shard))}
+    assert set(index["weight_map"]) == stored
+    assert index["metadata"]["total_size"] == sum(p.stat().st_size for p in shards) - sum(
+        _header_bytes(p) for p in shards
+    )
+    assert torch.equal(forward_logits(embcompress.load(folder), tiny_ids), expected)
+
+
+def _header_bytes(path: Path) -> int:
+    """Bytes of a safetensors file before its tensor data (8-byte length + JSON header)."""
+    with path.open("rb") as handle:
+        return 8 + int.from_bytes(handle.read(8), "little")
+
+
+def test_sharded_input_checkpoints_are_read(tmp_path: Path, tiny_ids) -> None:
+    source = tmp_path / "src"
+    make_tiny("llama-untied").save_pretrained(source, max_shard_size="20KB")
+    assert len(list(source.glob("*.safetensors"))) > 1
+    out = tmp_path / "out"
+    embcompress.factorize_checkpoint(str(source), out, FactorizeOptions(rank=RANK))
+    reference = make_tiny("llama-untied")
+    factorize_model(reference, FactorizeOptions(rank=RANK))
+    assert torch.allclose(
+        forward_logits(embcompress.load(out), tiny_ids), forward_logits(reference, tiny_ids), atol=1e-5
+    )

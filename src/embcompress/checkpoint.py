@@ -33,6 +33,9 @@ from .version import __version__
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+#: Largest safetensors file written before the weights are split into shards (transformers' default).
+MAX_SHARD_BYTES = 5 * 10**9
 SUMMARY_NAME = "embcompress.json"
 _SKIP_COPY = {"config.json", "README.md", ".gitattributes", SUMMARY_NAME, "model.safetensors.index.json"}
 
@@ -139,13 +142,50 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+def shard_tensors(tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split ``tensors`` (in order) into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+def write_weights(tensors: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards with the standard
+    ``model.safetensors.index.json`` when the weights exceed ``max_shard_bytes``."""
+    shards = shard_tensors(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        names = [WEIGHTS_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards, strict=True):
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        (folder / name).chmod(0o644)
+        weight_map.update(dict.fromkeys(shard, name))
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def save_model_files(
-    model: nn.Module, folder: Path, source_dir: Path | None = None, tokenizer: Any | None = None
+    model: nn.Module,
+    folder: Path,
+    source_dir: Path | None = None,
+    tokenizer: Any | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> None:
-    """Write weights, config, generation config and auxiliary files of ``model`` into ``folder``."""
+    """Write weights (sharded above ``max_shard_bytes``), config, generation config and auxiliary
+    files of ``model`` into ``folder``."""
     copy_aux_files(source_dir, folder)
-    save_file(state_dict_to_save(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / WEIGHTS_NAME).chmod(0o644)
+    write_weights(state_dict_to_save(model), folder, max_shard_bytes)
     model.config.architectures = [type(model).__name__]
     # `from_pretrained` defaults to dtype "auto": without this, a config with no dtype would take the
     # dtype of the first tensor in the file, which may be a float16 or int8 factor.
@@ -270,7 +310,7 @@ def load(
 
 def write_checkpoint(
     model: nn.Module,
-    out: Path,
+    out: str | os.PathLike[str],
     source: ModelSource,
     tokenizer: Any | None,
     summary: dict[str, Any],
@@ -280,7 +320,7 @@ def write_checkpoint(
 ) -> None:
     """Atomically write the compressed checkpoint, its summary JSON and its model card (with the
     ``quality`` table when measured); ``extra(folder)`` adds more files before the folder is moved into place."""
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(Path(out), overwrite) as tmp:
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
         name = str(summary.get("source", source.name))

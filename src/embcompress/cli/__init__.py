@@ -8,7 +8,7 @@ import importlib.util
 import torch
 import typer
 
-from .. import __version__
+from ..version import __version__
 
 app = typer.Typer(
     name="embcompress",
