@@ -159,6 +159,9 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
     assert size["bytes_after"] <= size["bytes_before"] / 2
     assert result.report["behaviour"] is not None and {r["name"] for r in result.report["references"]} == {
         "int8",
+        "q8_0",
+        "q4_0",
+        "nf4",
         "int4",
     }
     assert result.summary["recipe"]["layout"]["sizes"] == result.layout.sizes

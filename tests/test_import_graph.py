@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "embcompress.quant": 0,
     "embcompress.kinds": 0,
     "embcompress.allocation": 0,
+    "embcompress.codec": 0,
     # byte accounting
     "embcompress.sizes": 1,
     # configuration / option bases

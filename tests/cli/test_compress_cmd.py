@@ -48,7 +48,7 @@ def test_compress_json_is_machine_readable(tmp_path: Path, teacher: Path) -> Non
     assert code == 0, err
     result = json.loads(out)
     assert result["output"] == str(tmp_path / "o")
-    assert result["report"]["glance"]["metric"] == "perplexity_ratio"
+    assert result["report"]["glance"]["metric"] == "kl"
     assert result["layout"]["nbytes"] == result["report"]["size"]["embedding"]["bytes_after"]
 
 

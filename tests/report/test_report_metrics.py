@@ -91,7 +91,13 @@ def test_int8_reference_matches_fake_quantization(causal: dict) -> None:
     assert int8["fidelity"]["input"]["relative_error"] == pytest.approx(float(expected), rel=1e-5)
     assert int8["embedding_bytes"] == quantized_nbytes(96, 16, 8)
     assert int8["behaviour"]["kl"] < report["behaviour"]["kl"]
-    assert [r["name"] for r in report["glance"]["rows"]] == ["original", "student", "int8", "int4"]
+    names = ["original", "student", "int8", "q8_0", "q4_0", "nf4", "int4"]
+    assert [r["name"] for r in report["glance"]["rows"]] == names
+    refs = {r["name"]: r for r in report["references"]}
+    # 16 columns: one zero-padded ggml block of 32 per row (18 bytes for Q4_0, 34 for Q8_0), one NF4 block of 64
+    assert refs["q4_0"]["embedding_bytes"] == 96 * 18 and refs["q8_0"]["embedding_bytes"] == 96 * 34
+    assert refs["nf4"]["embedding_bytes"] == 96 * (32 + 2)
+    assert refs["int4"]["bits_per_weight"] == pytest.approx(8 * quantized_nbytes(96, 16, 4) / (96 * 16))
 
 
 def test_student_fidelity_matches_dense_product(causal: dict) -> None:
@@ -115,7 +121,7 @@ def test_teacher_against_itself_is_perfect(tmp_path: Path) -> None:
 def test_masked_lm_accuracy_matches_manual(tmp_path: Path) -> None:
     teacher, tok = _load(tiny_folder(tmp_path, "bert-mlm"))
     evaluation = prepare_evaluation(teacher, tok, write_text(tmp_path / "t.txt"), OPTIONS)
-    int4 = quantized_copy(teacher, 4)
+    int4 = quantized_copy(teacher, "int4")
     beh = compare(int4, evaluation.teacher, evaluation.buckets)
     hits_t = hits_s = agree = n = 0
     for batch in evaluation.teacher.eval_set.batches:

@@ -54,7 +54,7 @@ def test_json_schema_keys_are_stable(encoder_reports: dict) -> None:
     assert set(report["size"]) == {"modules", "embedding", "model", "disk", "serving"}
     assert set(report["speed"]) >= {"forward", "embedding_lookup", "lm_head", "batch_shape"}
     assert report["speed"]["forward"]["ratio"] > 0 and report["speed"]["lm_head"] is None
-    assert [r["name"] for r in report["references"]] == ["int8", "int4"]
+    assert [r["name"] for r in report["references"]] == ["int8", "q8_0", "q4_0", "nf4", "int4"]
     assert report["provenance"]["method"] == "svd" and report["provenance"]["modules"][0]["rank"] == 3
     assert report["provenance"]["summary"]["source"] and report["needs_text"] == []
     assert report["behaviour"]["neighbours_k"] == 7 and report["task"] == "encoder"

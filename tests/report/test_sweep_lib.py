@@ -41,14 +41,14 @@ def test_grid_points_and_references(sweep_result: dict) -> None:
     assert by_rank[2]["embedding_bytes"] == (96 + 16) * 2 * 4
     assert by_rank[2]["relative_error"] > by_rank[8]["relative_error"]
     assert result["points"][-1]["rank"] == 96 * 16 // (4 * (96 + 16))
-    assert [r["method"] for r in result["references"]] == ["int8", "int4"]
-    assert result["metric"] == "perplexity_ratio" and result["higher_is_better"] is False
+    assert [r["method"] for r in result["references"]] == ["int8", "q8_0", "q4_0", "nf4", "int4"]
+    assert result["metric"] == "kl" and result["higher_is_better"] is False
 
 
 def test_teacher_outputs_are_reused(sweep_result: dict) -> None:
     calls = sweep_result["calls"]
     assert not any(calls)  # the teacher itself never ran again during the sweep
-    assert len(calls) == (5 + 2) * sweep_result["batches"]  # one pass per grid point and per int8/int4 copy
+    assert len(calls) == (5 + 5) * sweep_result["batches"]  # one pass per grid point and per reference copy
 
 
 def test_pareto_front_marks_non_dominated_points(sweep_result: dict) -> None:

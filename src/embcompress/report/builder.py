@@ -16,12 +16,12 @@ import transformers
 from torch import nn
 
 from ..checkpoint import SUMMARY_NAME, write_json
+from ..codec import REFERENCE_SCHEMES, reference_quantize
 from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
-from ..quant import fake_quantize_rows
 from ..spectral import energy_curve, singular_values
 from ..surgery import find_targets
 from ..version import __version__
@@ -29,12 +29,12 @@ from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
 from .buckets import bucket_summary, frequency_buckets
 from .evalset import EvalOptions, build_eval_set, detect_task
 from .fidelity import matrix_fidelity, quantized_rows, rows_of
-from .size import files_on_disk, model_size, module_size, quantized_embedding_bytes
+from .size import files_on_disk, model_size, module_size
 from .speed import measure_speed
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REPORT_NAME = "embcompress-report.json"
 TEXT_METRICS = ("behaviour", "speed", "weighted_relative_error", "by_bucket")
 
@@ -48,7 +48,7 @@ class ReportOptions(Options):
         speed: Measure latencies (needs text for the batch).
         speed_repeats: Timed repetitions (median reported).
         speed_threads: Torch CPU threads while timing (``None``: leave as is).
-        reference_bits: Per-row quantization widths of the reference rows.
+        references: Deployed quantizers measured beside the student (:data:`embcompress.codec.REFERENCE_SCHEMES`).
         freq_max_tokens: Tokens counted for the frequency buckets (``None``: all).
         text_field: Field / column holding the text in JSONL / parquet data.
         heldout_fraction / split_seed: Measure on the held-out side of the hash split of the text
@@ -59,7 +59,7 @@ class ReportOptions(Options):
     speed: bool = True
     speed_repeats: int = 5
     speed_threads: int | None = None
-    reference_bits: tuple[int, ...] = (8, 4)
+    references: tuple[str, ...] = tuple(REFERENCE_SCHEMES)
     freq_max_tokens: int | None = 2_000_000
     text_field: str | None = None
     heldout_fraction: float | None = None
@@ -68,15 +68,15 @@ class ReportOptions(Options):
     def validate(self) -> None:
         if isinstance(self.eval, dict):
             self.eval = EvalOptions.from_dict(self.eval)
-        self.reference_bits = tuple(self.reference_bits)
+        self.references = tuple(self.references)
         require(self.speed_repeats > 0, "speed_repeats", f"must be a positive integer, got {self.speed_repeats}")
         require(
             self.speed_threads is None or self.speed_threads > 0,
             "speed_threads",
             f"must be a positive integer, got {self.speed_threads}",
         )
-        bad = [b for b in self.reference_bits if not 2 <= b <= 8]
-        require(not bad, "reference_bits", f"must be widths between 2 and 8, got {bad}")
+        bad = [name for name in self.references if name not in REFERENCE_SCHEMES]
+        require(not bad, "references", f"names unknown scheme(s) {bad}; valid: {', '.join(REFERENCE_SCHEMES)}")
         require(
             self.freq_max_tokens is None or self.freq_max_tokens > 0,
             "freq_max_tokens",
@@ -241,8 +241,8 @@ def fidelity_section(pairs: list[MatrixPair], evaluation: Evaluation) -> dict[st
     return out
 
 
-def quantized_copy(teacher: nn.Module, bits: int) -> nn.Module:
-    """A copy of ``teacher`` whose embedding matrices are per-row ``bits``-bit quantized (then de-quantized)."""
+def quantized_copy(teacher: nn.Module, scheme: str) -> nn.Module:
+    """A copy of ``teacher`` whose embedding matrices went through the reference quantizer ``scheme``."""
     model = copy.deepcopy(teacher)
     found = find_targets(model)
     modules = [found.input_module] + ([found.output_module] if found.output_module is not None else [])
@@ -250,43 +250,43 @@ def quantized_copy(teacher: nn.Module, bits: int) -> nn.Module:
     with torch.no_grad():
         for module in modules:
             if id(module.weight) not in done:
-                module.weight.copy_(fake_quantize_rows(module.weight.detach(), bits))
+                module.weight.copy_(reference_quantize(scheme, module.weight.detach())[0])
                 done.add(id(module.weight))
     return model
 
 
-def _quantized_fidelity(pairs: list[MatrixPair], bits: int, teacher_tied: bool, ev: Evaluation) -> dict[str, Any]:
+def _quantized_fidelity(pairs: list[MatrixPair], scheme: str, teacher_tied: bool, ev: Evaluation) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in pairs:
         if p.role == "output" and teacher_tied:
             out[p.role] = {"tied_to_input": True}
         else:
-            out[p.role] = matrix_fidelity(p.original, quantized_rows(p.original, bits), ev.counts, ev.buckets)
+            out[p.role] = matrix_fidelity(p.original, quantized_rows(p.original, scheme), ev.counts, ev.buckets)
     return out
 
 
 def reference_rows(
     teacher: nn.Module, pairs: list[MatrixPair], evaluation: Evaluation, options: ReportOptions, reporter: Reporter
 ) -> list[dict[str, Any]]:
-    """The same metrics for per-row int8 / int4 quantization of all the teacher's embedding matrices."""
+    """The same metrics for the deployed quantizers (int8, Q8_0, Q4_0, NF4, int4) of all the teacher's
+    embedding matrices; bytes exactly as each format stores them, and bits per weight."""
     teacher_tied = find_targets(teacher).tied
     stored = [p.original for p in pairs if not (teacher_tied and p.role == "output")]
     before = sum(m.numel() * m.element_size() for m in stored)
-    rows, cols = pairs[0].original.shape
     out = []
-    for bits in options.reference_bits:
-        nbytes = quantized_embedding_bytes(rows, cols, bits, len(stored))
+    for scheme in options.references:
+        nbytes = sum(reference_quantize(scheme, m[:1])[1] * m.shape[0] for m in stored)
         row: dict[str, Any] = {
-            "name": f"int{bits}",
-            "bits": bits,
+            "name": scheme,
+            "bits_per_weight": 8 * nbytes / sum(m.numel() for m in stored),
             "embedding_bytes": nbytes,
             "ratio": before / nbytes,
-            "fidelity": _quantized_fidelity(pairs, bits, teacher_tied, evaluation),
+            "fidelity": _quantized_fidelity(pairs, scheme, teacher_tied, evaluation),
             "behaviour": None,
         }
         if evaluation.teacher is not None:
-            with reporter.stage(f"int{bits} reference", total=len(evaluation.teacher.per_batch)):
-                model = quantized_copy(teacher, bits)
+            with reporter.stage(f"{scheme} reference", total=len(evaluation.teacher.per_batch)):
+                model = quantized_copy(teacher, scheme)
                 row["behaviour"] = compare(
                     model, evaluation.teacher, evaluation.buckets, evaluation.special_ids, reporter.advance
                 )
@@ -313,6 +313,7 @@ def glance_section(report: dict[str, Any]) -> dict[str, Any]:
     """Student vs each reference: embedding bytes and the primary metric, with a one-line verdict."""
     metric, higher, value = primary_value(report["task"], report["behaviour"], report["fidelity"])
     size = report["size"]["embedding"]
+    weights = max(size["params_before"], 1)
     rows = [
         {"name": "original", "embedding_bytes": size["bytes_before"], "value": None},
         {"name": "student", "embedding_bytes": size["bytes_after"], "value": value},
@@ -325,6 +326,8 @@ def glance_section(report: dict[str, Any]) -> dict[str, Any]:
                 "value": primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2],
             }
         )
+    for row in rows:
+        row["bits_per_weight"] = 8 * row["embedding_bytes"] / weights
     return {"metric": metric, "higher_is_better": higher, "rows": rows, "verdict": verdict(rows[1], rows[2:], higher)}
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..codec import reference_quantize
 from ..modules import CompressedEmbedding, FactorizedLinear
-from ..quant import fake_quantize_rows
 from .buckets import BUCKETS
 
 RowFn = Callable[[int, int], torch.Tensor]
@@ -29,9 +29,10 @@ def rows_of(module: nn.Module) -> RowFn:
     raise TypeError(f"cannot read the matrix of {type(module).__name__}")
 
 
-def quantized_rows(original: torch.Tensor, bits: int) -> RowFn:
-    """Rows of the per-row ``bits``-bit quantized ``original`` (quantization is per row, so chunks are exact)."""
-    return lambda start, stop: fake_quantize_rows(original[start:stop].float(), bits)
+def quantized_rows(original: torch.Tensor, scheme: str) -> RowFn:
+    """Rows of ``original`` through the reference quantizer ``scheme`` (every scheme works within rows, so
+    chunks are exact)."""
+    return lambda start, stop: reference_quantize(scheme, original[start:stop].float())[0]
 
 
 def row_errors(original: torch.Tensor, approx: RowFn, chunk: int = CHUNK) -> tuple[torch.Tensor, ...]:

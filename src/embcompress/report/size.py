@@ -11,7 +11,7 @@ from torch import nn
 
 from ..methods import get_method, method_names
 from ..modules import CompressedEmbedding, FactorizedEmbedding, FactorizedLinear
-from ..sizes import quantized_nbytes, tensor_bytes
+from ..sizes import tensor_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
 
@@ -103,8 +103,3 @@ def files_on_disk(folder: Path | None, gguf_file: str | None = None) -> dict[str
         "weights_bytes": sum(os.path.getsize(p) for p in weights),
         "files": len(files),
     }
-
-
-def quantized_embedding_bytes(rows: int, cols: int, bits: int, matrices: int) -> int:
-    """Bytes of ``matrices`` per-row ``bits``-bit quantized embedding matrices (tied: 1)."""
-    return matrices * quantized_nbytes(rows, cols, bits)

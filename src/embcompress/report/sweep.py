@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import write_checkpoint
+from ..codec import SCHEME_LABELS
 from ..config import ROLES
 from ..errors import EmbcompressError
 from ..factorize import FactorizeOptions, factorize_model
@@ -203,7 +204,7 @@ def _reference_points(
         out.append(
             {
                 "method": ref["name"],
-                "label": f"per-row {ref['bits']}-bit",
+                "label": f"{SCHEME_LABELS[ref['name']]}, {ref['bits_per_weight']:.2f} bits/weight",
                 "rank": None,
                 "embedding_bytes": ref["embedding_bytes"],
                 "ratio": ref["ratio"],

@@ -41,9 +41,13 @@ def ratio(value: float | None) -> str:
 def glance_table(report: dict[str, Any]) -> TableData:
     g = report["glance"]
     better = "higher is better" if g["higher_is_better"] else "lower is better"
-    table = TableData("At a glance", ["variant", "embedding bytes", f"{g['metric']} ({better})"], caption=g["verdict"])
+    header = ["variant", "embedding bytes", "bits/weight", f"{g['metric']} ({better})"]
+    table = TableData("At a glance", header, caption=g["verdict"])
     for row in g["rows"]:
-        table.rows.append([row["name"], mb(row["embedding_bytes"]), fmt(row["value"])])
+        bpw = row.get("bits_per_weight")
+        table.rows.append(
+            [row["name"], mb(row["embedding_bytes"]), "-" if bpw is None else f"{bpw:.2f}", fmt(row["value"])]
+        )
     return table
 
 

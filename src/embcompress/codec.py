@@ -1,0 +1,466 @@
+"""Embedding-matrix codecs: the deployed reference quantizers and a metric-aware transform code.
+
+A leaf module (torch only). Every quantizer returns the de-quantized matrix together with the exact number of
+bytes its stored form takes (packed sub-byte values, all scales, codebooks, rotation, mean).
+
+Reference quantizers (as deployed):
+
+* :func:`quantize_per_row` -- symmetric per-row int8/int4, ``scale = absmax / (2**(bits-1) - 1)``, fp32 scale;
+* :func:`quantize_q8_0` -- llama.cpp Q8_0: blocks of 32 along the row, fp16 ``d = absmax / 127``;
+* :func:`quantize_q4_0` -- llama.cpp Q4_0: blocks of 32, fp16 ``d = max_signed / -8``,
+  ``q = min(15, floor(x / d + 8.5))`` (ggml's reference rounding);
+* :func:`quantize_nf4` -- bitsandbytes NF4: blocks of 64, fp16 absmax, the 16 NF4 levels.
+
+Transform code (:class:`TransformCode`, :func:`encode`, :func:`decode_rows`): subtract the mean row, change
+basis to the eigenvectors of ``M^{1/2} S M^{1/2}`` (``S`` the row covariance of the matrix, ``M`` an optional
+PSD error metric such as ``E[h h^T]`` of the final hidden states that multiply an LM head), allocate integer
+bits to bands of 8 components by greedy reverse water-filling on the band variances, and quantize each band
+with a 1-D k-means (Lloyd-Max) codebook over values normalised by a per-component scale and one fp16 scale
+per row. Decoding a row is a codebook lookup, two scalings and one ``K x H`` product.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: The 16 NF4 levels of bitsandbytes (normal-float 4-bit, absmax-normalised).
+NF4_LEVELS: tuple[float, ...] = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
+)  # fmt: skip
+
+#: MSE of the Lloyd-Max quantizer of a unit Gaussian at 0..8 bits (used to rank bit allocations).
+GAUSS_DISTORTION: tuple[float, ...] = (
+    1.0, 0.3634, 0.1175, 0.03454, 0.009497, 0.002499, 0.000642, 0.000163, 0.0000410,
+)  # fmt: skip
+BAND = 8  # components per allocation band: n * bits is then a whole number of bytes for every bit width
+
+
+# --------------------------------------------------------------------------------------------------- packing
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned ``bits``-bit integers (1..8) along the last dimension into uint8, LSB first.
+
+    Args:
+        values: integer tensor ``(..., n)`` with values in ``[0, 2**bits)``.
+        bits: bit width of each value.
+
+    Returns:
+        uint8 tensor ``(..., ceil(n * bits / 8))``; the last byte is zero-padded.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    v = values.to(torch.int32)
+    n = v.shape[-1]
+    shifts = torch.arange(bits, dtype=torch.int32, device=v.device)
+    planes = ((v[..., None] >> shifts) & 1).reshape(*v.shape[:-1], n * bits)
+    pad = (-n * bits) % 8
+    planes = torch.nn.functional.pad(planes, (0, pad)).reshape(*v.shape[:-1], -1, 8)
+    weights = 1 << torch.arange(8, dtype=torch.int32, device=v.device)
+    return (planes * weights).sum(-1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` ``bits``-bit values of each packed row, as int64."""
+    p = packed.to(torch.int32)
+    planes = (p[..., None] >> torch.arange(8, dtype=torch.int32, device=p.device)) & 1
+    planes = planes.reshape(*p.shape[:-1], -1)[..., : n * bits].reshape(*p.shape[:-1], n, bits)
+    weights = 1 << torch.arange(bits, dtype=torch.int32, device=p.device)
+    return (planes * weights).sum(-1).to(torch.int64)
+
+
+def packed_nbytes(n: int, bits: int) -> int:
+    """Bytes :func:`pack_bits` uses for ``n`` values of ``bits`` bits."""
+    return (n * bits + 7) // 8
+
+
+# ------------------------------------------------------------------------------------------ reference quantizers
+
+
+def quantize_per_row(matrix: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, int]:
+    """Symmetric per-row quantization, ``scale = absmax / (2**(bits-1) - 1)`` in fp32 per row.
+
+    Returns:
+        ``(dequantized, nbytes)``; bytes = packed values + 4 bytes of scale per row.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    m = matrix.detach().float()
+    scale = m.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / qmax
+    q = torch.round(m / scale).clamp_(-qmax, qmax)
+    rows, cols = m.shape
+    return q * scale, rows * (packed_nbytes(cols, bits) + 4)
+
+
+def _blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:
+    """Rows cut into blocks of ``block`` values; a short last block is zero-padded (and costs a whole block)."""
+    rows, cols = matrix.shape
+    x = torch.nn.functional.pad(matrix.detach().float(), (0, (-cols) % block))
+    return x.reshape(rows, -1, block)
+
+
+def _unblock(blocks: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return blocks.reshape(shape[0], -1)[:, : shape[1]]
+
+
+def quantize_q8_0(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """llama.cpp Q8_0: blocks of 32, ``d = absmax / 127`` stored fp16, ``q = round(x / d)`` int8 (34 B/block)."""
+    x = _blocks(matrix, 32)
+    d = x.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(x * inv).clamp_(-127, 127)
+    out = q * d.half().float()
+    return _unblock(out, matrix.shape), x.shape[0] * x.shape[1] * 34
+
+
+def quantize_q4_0(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """llama.cpp Q4_0 with ggml's reference rounding (18 bytes per block of 32: fp16 ``d`` + 16 packed bytes).
+
+    ``d = max / -8`` where ``max`` is the block's value of largest magnitude (with its sign),
+    ``q = min(15, floor(x / d + 8.5))``, dequantized as ``(q - 8) * fp16(d)``.
+    """
+    x = _blocks(matrix, 32)
+    idx = x.abs().argmax(-1, keepdim=True)
+    d = x.gather(-1, idx) / -8
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.floor(x * inv + 8.5).clamp_(0, 15)
+    out = (q - 8) * d.half().float()
+    return _unblock(out, matrix.shape), x.shape[0] * x.shape[1] * 18
+
+
+def quantize_nf4(matrix: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, int]:
+    """bitsandbytes-style NF4: blocks of ``block``, fp16 absmax per block, nearest of the 16 NF4 levels."""
+    x = _blocks(matrix, block)
+    absmax = x.abs().amax(-1, keepdim=True).half().float()
+    levels = torch.tensor(NF4_LEVELS)
+    u = x / absmax.clamp_min(1e-12)
+    q = torch.bucketize(u, (levels[1:] + levels[:-1]) / 2)
+    out = levels[q] * absmax
+    nblocks = x.shape[0] * x.shape[1]
+    return _unblock(out, matrix.shape), nblocks * (packed_nbytes(block, 4) + 2)
+
+
+# ------------------------------------------------------------------------------------------------ transform code
+
+
+@dataclass
+class TransformCode:
+    """A transform-coded ``V x H`` matrix; every field is stored (see :func:`nbytes`).
+
+    Attributes:
+        mean: ``(H,)`` fp16 mean row.
+        basis: ``(K, H)`` fp16 decoding basis of the ``K`` coded components (row ``j`` = component ``j``).
+        comp_scale: ``(K,)`` fp16 scale of each coded component.
+        row_scale: ``(V,)`` fp16 scale of each row.
+        layout: ``(G, 2)`` int32, per band group: number of components, bits.
+        codes: per group, ``(V, n * bits / 8)`` uint8 packed level indices.
+        codebooks: per group, ``(2**bits,)`` fp16 levels.
+    """
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+    comp_scale: torch.Tensor
+    row_scale: torch.Tensor
+    layout: torch.Tensor
+    codes: list[torch.Tensor]
+    codebooks: list[torch.Tensor]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(V, H)`` of the encoded matrix."""
+        return self.row_scale.shape[0], self.mean.shape[0]
+
+
+def _sqrt_psd(metric: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M^{1/2}, M^{-1/2})`` of a PSD metric normalised to mean eigenvalue 1, with a relative ridge."""
+    m = metric.double()
+    m = m / (m.trace() / m.shape[0]) + ridge * torch.eye(m.shape[0], dtype=m.dtype)
+    vals, vecs = torch.linalg.eigh(m)
+    vals = vals.clamp_min(ridge)
+    return (vecs * vals.sqrt()) @ vecs.T, (vecs * vals.rsqrt()) @ vecs.T
+
+
+def _principal_basis(x: torch.Tensor, metric: torch.Tensor | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoding basis ``B`` (rows = components, descending variance) and the component variances.
+
+    Coefficients ``z = x B^{-1}`` are uncorrelated and their squared error equals the metric error of ``x``.
+    """
+    h = x.shape[1]
+    root, inv_root = (torch.eye(h, dtype=torch.float64),) * 2
+    if metric is not None:
+        root, inv_root = _sqrt_psd(metric, ridge)
+    y = x.double() @ root
+    vals, vecs = torch.linalg.eigh(y.T @ y / x.shape[0])
+    order = vals.argsort(descending=True)
+    return vecs[:, order].T @ inv_root, vals[order].clamp_min(0)
+
+
+def allocate_bits(variances: torch.Tensor, budget_bits: int, max_bits: int = 8) -> list[int]:
+    """Greedy reverse water-filling: integer bits per band of :data:`BAND` components.
+
+    Args:
+        variances: per-component variances (descending), length a multiple of :data:`BAND`.
+        budget_bits: code bits available per row.
+        max_bits: largest bit width of a band.
+
+    Returns:
+        bits per band (non-increasing), whose total ``sum(bits) * BAND`` is at most ``budget_bits``.
+    """
+    band_var = variances.double().reshape(-1, BAND).mean(-1)
+    bits = [0] * band_var.numel()
+    spent = 0
+    while True:
+        gains = [
+            band_var[i].item() * (GAUSS_DISTORTION[b] - GAUSS_DISTORTION[b + 1]) if b < max_bits else -1.0
+            for i, b in enumerate(bits)
+        ]
+        best = max(range(len(bits)), key=gains.__getitem__)
+        if gains[best] <= 0 or spent + BAND > budget_bits:
+            return bits
+        bits[best] += 1
+        spent += BAND
+
+
+def _groups(bits: list[int]) -> list[tuple[int, int]]:
+    """Runs of equal bits (bands are in descending variance order) as ``(components, bits)``, zero-bit tail cut."""
+    out: list[tuple[int, int]] = []
+    for b in bits:
+        if b == 0:
+            continue
+        if out and out[-1][1] == b:
+            out[-1] = (out[-1][0] + BAND, b)
+        else:
+            out.append((BAND, b))
+    return out
+
+
+def _gauss_init(levels: int) -> torch.Tensor:
+    p = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
+    return math.sqrt(2) * torch.erfinv(2 * p - 1)
+
+
+def kmeans_1d(values: torch.Tensor, weights: torch.Tensor, levels: int, iters: int = 20) -> torch.Tensor:
+    """Weighted 1-D k-means (Lloyd-Max on the empirical distribution); returns sorted float32 levels."""
+    v, w = values.double().flatten(), weights.double().flatten()
+    c = _gauss_init(levels) * v.std()
+    for _ in range(iters):
+        idx = torch.bucketize(v, (c[1:] + c[:-1]) / 2)
+        num = torch.zeros(levels, dtype=v.dtype).index_add_(0, idx, v * w)
+        den = torch.zeros(levels, dtype=v.dtype).index_add_(0, idx, w)
+        c = torch.where(den > 0, num / den.clamp_min(1e-30), c).sort().values
+    return c.float()
+
+
+def _nearest(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    return torch.bucketize(u.contiguous(), (levels[1:] + levels[:-1]) / 2)
+
+
+def _sample(n: int, k: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k] if n > k else torch.arange(n)
+
+
+def _fit_codebooks(
+    u: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, groups: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """One k-means codebook per group on the normalised values, weighted by the squared total scale."""
+    books, start = [], 0
+    rows = _sample(u.shape[0], 200_000 // max(1, min(n for n, _ in groups)))
+    for n, b in groups:
+        part = u[rows, start : start + n]
+        w = (row_scale[rows, None] * comp_scale[None, start : start + n]) ** 2
+        books.append(kmeans_1d(part, w.expand_as(part), 2**b).half())
+        start += n
+    return books
+
+
+def _quantize(
+    z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, books: list[torch.Tensor], groups: list
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Level indices per group and the reconstruction of ``z`` (normalised by the scales)."""
+    u = z / (row_scale[:, None] * comp_scale[None, :])
+    idx, recon, start = [], torch.empty_like(u), 0
+    for (n, _), book in zip(groups, books, strict=True):
+        lv = book.float()
+        q = _nearest(u[:, start : start + n], lv)
+        idx.append(q)
+        recon[:, start : start + n] = lv[q]
+        start += n
+    return idx, recon
+
+
+def _refit_row_scale(z: torch.Tensor, recon: torch.Tensor, comp_scale: torch.Tensor) -> torch.Tensor:
+    """Least-squares row scale given the chosen levels: ``argmin_s |z - s * c|^2`` with ``c = level * comp_scale``."""
+    c = recon * comp_scale[None, :]
+    s = (z * c).sum(-1) / (c * c).sum(-1).clamp_min(1e-30)
+    return s.clamp_min(1e-8).half().float()
+
+
+def overhead_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
+    """Bytes of everything but the packed codes (mean, basis, scales, layout, codebooks)."""
+    k = sum(n for n, _ in groups)
+    return 2 * cols + 2 * k * cols + 2 * k + 2 * rows + 8 * len(groups) + sum(2 * 2**b for _, b in groups)
+
+
+def total_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
+    """Exact stored bytes of a transform code with this group layout."""
+    return overhead_nbytes(rows, cols, groups) + rows * sum(packed_nbytes(n, b) for n, b in groups)
+
+
+def _fit_groups(rows: int, cols: int, variances: torch.Tensor, budget_bytes: int, max_bits: int) -> list:
+    """Largest allocation whose exact total bytes fit ``budget_bytes``.
+
+    Starts from the overhead of a full-rank code (an upper bound), then re-spends what a smaller ``K`` saves.
+    """
+    best: list[tuple[int, int]] = []
+    overhead = overhead_nbytes(rows, cols, [(cols, max_bits)])
+    for _ in range(4):
+        groups = _groups(allocate_bits(variances, max(0, 8 * (budget_bytes - overhead) // rows), max_bits))
+        if total_nbytes(rows, cols, groups) > budget_bytes:
+            break
+        best, overhead = groups, overhead_nbytes(rows, cols, groups)
+    return best
+
+
+def encode(
+    matrix: torch.Tensor,
+    bits_per_weight: float = 4.0,
+    metric: torch.Tensor | None = None,
+    *,
+    max_bytes: int | None = None,
+    max_bits: int = 8,
+    ridge: float = 1e-3,
+    iters: int = 2,
+) -> TransformCode:
+    """Transform-code ``matrix`` (``V x H``, ``H`` a multiple of 8) within a byte budget.
+
+    Args:
+        matrix: the embedding matrix.
+        bits_per_weight: total budget in bits per matrix entry, all overhead included.
+        metric: optional ``H x H`` PSD error metric (e.g. ``E[h h^T]`` of the hidden states an LM head sees);
+            ``None`` means plain squared error.
+        max_bytes: explicit byte budget (overrides ``bits_per_weight``).
+        max_bits: largest bit width of a band.
+        ridge: relative ridge added to the normalised metric (keeps its inverse root bounded).
+        iters: alternations of codebook / row-scale refits.
+
+    Returns:
+        the :class:`TransformCode`; ``nbytes(code) <= budget``.
+    """
+    rows, cols = matrix.shape
+    x = matrix.detach().float()
+    mean = x.mean(0).half()
+    xc = x - mean.float()
+    basis, variances = _principal_basis(xc, metric, ridge)
+    budget = max_bytes if max_bytes is not None else int(bits_per_weight * rows * cols / 8)
+    groups = _fit_groups(rows, cols, variances, budget, max_bits)
+    k = sum(n for n, _ in groups)
+    full16 = basis.half()
+    z = (xc.double() @ torch.linalg.inv(full16.double())[:, :k]).float()
+    basis16 = full16[:k]
+    comp_scale = z.std(0).clamp_min(1e-8).half().float()
+    row_scale = (z / comp_scale).pow(2).mean(-1).sqrt().clamp_min(1e-8).half().float()
+    for _ in range(max(1, iters)):
+        books = _fit_codebooks(z / (row_scale[:, None] * comp_scale), row_scale, comp_scale, groups)
+        idx, recon = _quantize(z, row_scale, comp_scale, books, groups)
+        row_scale = _refit_row_scale(z, recon, comp_scale)
+    idx, _ = _quantize(z, row_scale, comp_scale, books, groups)
+    return TransformCode(
+        mean=mean,
+        basis=basis16,
+        comp_scale=comp_scale.half(),
+        row_scale=row_scale.half(),
+        layout=torch.tensor(groups, dtype=torch.int32).reshape(-1, 2),
+        codes=[pack_bits(q, b) for q, (_, b) in zip(idx, groups, strict=True)],
+        codebooks=books,
+    )
+
+
+def decode_rows(code: TransformCode, ids: torch.Tensor) -> torch.Tensor:
+    """Decode only rows ``ids`` (any shape) to float32 ``(*ids.shape, H)`` without building the full matrix."""
+    flat = ids.reshape(-1).long()
+    parts, start = [], 0
+    for (n, b), packed, book in zip(code.layout.tolist(), code.codes, code.codebooks, strict=True):
+        parts.append(book.float()[unpack_bits(packed[flat], b, n)])
+        start += n
+    u = torch.cat(parts, -1) if parts else torch.zeros(flat.numel(), 0)
+    z = u * code.row_scale.float()[flat, None] * code.comp_scale.float()[None, :]
+    out = z @ code.basis.float() + code.mean.float()
+    return out.reshape(*ids.shape, -1)
+
+
+def decode(code: TransformCode, chunk: int = 8192) -> torch.Tensor:
+    """The full de-quantized ``V x H`` matrix (decoded in chunks of rows)."""
+    rows = code.shape[0]
+    return torch.cat([decode_rows(code, torch.arange(i, min(rows, i + chunk))) for i in range(0, rows, chunk)])
+
+
+def to_tensors(code: TransformCode) -> dict[str, torch.Tensor]:
+    """Flat ``name -> tensor`` state dict (safetensors-ready); exactly the stored bytes."""
+    out = {
+        "mean": code.mean,
+        "basis": code.basis,
+        "comp_scale": code.comp_scale,
+        "row_scale": code.row_scale,
+        "layout": code.layout,
+    }
+    for g, (packed, book) in enumerate(zip(code.codes, code.codebooks, strict=True)):
+        out[f"codes.{g}"] = packed
+        out[f"codebook.{g}"] = book
+    return out
+
+
+def from_tensors(tensors: dict[str, torch.Tensor]) -> TransformCode:
+    """Inverse of :func:`to_tensors`."""
+    groups = tensors["layout"].shape[0]
+    return TransformCode(
+        mean=tensors["mean"],
+        basis=tensors["basis"],
+        comp_scale=tensors["comp_scale"],
+        row_scale=tensors["row_scale"],
+        layout=tensors["layout"],
+        codes=[tensors[f"codes.{g}"] for g in range(groups)],
+        codebooks=[tensors[f"codebook.{g}"] for g in range(groups)],
+    )
+
+
+def nbytes(code: TransformCode) -> int:
+    """Stored size in bytes: the sum of :func:`to_tensors`' tensor sizes."""
+    return sum(t.numel() * t.element_size() for t in to_tensors(code).values())
+
+
+def bits_per_weight(nbytes_: int, rows: int, cols: int) -> float:
+    """``8 * bytes / (rows * cols)``."""
+    return 8 * nbytes_ / (rows * cols)
+
+
+#: The deployed quantizers every report compares against, by name: ``(dequantized, stored bytes)``.
+REFERENCE_SCHEMES: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, int]]] = {
+    "int8": lambda m: quantize_per_row(m, 8),
+    "q8_0": quantize_q8_0,
+    "q4_0": quantize_q4_0,
+    "nf4": quantize_nf4,
+    "int4": lambda m: quantize_per_row(m, 4),
+}
+
+
+#: How each reference scheme is named in tables and plots.
+SCHEME_LABELS: dict[str, str] = {
+    "int8": "per-row int8",
+    "q8_0": "Q8_0 (blocks of 32)",
+    "q4_0": "Q4_0 (blocks of 32)",
+    "nf4": "NF4 (blocks of 64)",
+    "int4": "per-row int4",
+}
+
+
+def reference_quantize(name: str, matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Quantize ``matrix`` with the reference scheme ``name`` (see :data:`REFERENCE_SCHEMES`)."""
+    if name not in REFERENCE_SCHEMES:
+        raise ValueError(f"unknown reference scheme '{name}'; valid: {', '.join(REFERENCE_SCHEMES)}")
+    return REFERENCE_SCHEMES[name](matrix)
