@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "embcompress.card": 6,
     "embcompress.data": 6,
     "embcompress.frequency": 6,
+    "embcompress.selftext": 6,
     # the checkpoint format, budgets, summaries
     "embcompress.checkpoint": 7,
     "embcompress.budget": 7,

@@ -1,0 +1,88 @@
+"""Text a causal LM writes itself: evaluation and calibration text that needs nothing from the user.
+
+``embcompress compress`` measures an out-of-domain column on it when no ``--ood-data`` is given, and
+estimates the second moment of the hidden states an LM head sees from it, so the compression does
+not depend on knowing the serving text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _start_id(tokenizer: Any) -> int:
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+@torch.no_grad()
+def sample_ids(
+    model: nn.Module, tokenizer: Any, documents: int = 32, tokens: int = 128, seed: int = 0, batch_size: int = 8
+) -> torch.Tensor:
+    """``documents x (tokens + 1)`` ids sampled from ``model`` (nucleus 0.95, temperature 1) after a
+    start token; reproducible for a seed (the global RNG is restored afterwards)."""
+    start = _start_id(tokenizer)
+    config = transformers.GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=0.95,
+        top_k=0,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        pad_token_id=start,
+        eos_token_id=None,
+    )
+    device = next(model.parameters()).device
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for first in range(0, documents, batch_size):
+            n = min(batch_size, documents - first)
+            prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
+            out.append(model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config).cpu())
+    logger.info("sampled %d documents of %d tokens from the model", documents, tokens)
+    return torch.cat(out)
+
+
+def sample_documents(
+    model: nn.Module, tokenizer: Any, documents: int = 32, tokens: int = 128, seed: int = 0
+) -> list[str]:
+    """:func:`sample_ids` decoded to text, one document per sample (blank lines squeezed out)."""
+    ids = sample_ids(model, tokenizer, documents, tokens, seed)
+    texts = tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True)
+    return [" ".join(text.split()) for text in texts if text.strip()]
+
+
+@torch.no_grad()
+def head_input_moment(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """``E[h h^T]`` (``H x H``, float64) of the hidden states entering the LM head over ``ids``, captured
+    by a hook on ``get_output_embeddings()`` (so any final norm the architecture applies is included)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no LM head")
+    moment = torch.zeros(head.in_features, head.in_features, dtype=torch.float64)
+    count = 0
+
+    def capture(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        nonlocal moment, count
+        hidden = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
+        moment += hidden.T @ hidden
+        count += hidden.shape[0]
+
+    handle = head.register_forward_pre_hook(capture)
+    try:
+        device = next(model.parameters()).device
+        for first in range(0, ids.shape[0], batch_size):
+            model(input_ids=ids[first : first + batch_size].to(device))
+    finally:
+        handle.remove()
+    return moment / max(count, 1)
