@@ -222,23 +222,23 @@ class GroupedEmbedding(FactorizedEmbedding):
         return names
 
     def inverse_perm(self) -> torch.Tensor:
-        """Position of each token id in bucket order (cached until ``perm`` changes)."""
-        key = (self.perm.data_ptr(), self.perm._version, self.perm.device)
-        if getattr(self, "_inverse_key", None) != key:
-            perm = self.perm.long()
-            inv = torch.empty_like(perm)
-            inv[perm] = torch.arange(perm.numel(), device=perm.device)
-            self._inverse, self._inverse_key = inv, key
-        return self._inverse
+        """Position of each token id in bucket order, computed from ``perm`` on every call (one ``O(V)``
+        scatter): no cache keyed on storage, so traced/exported graphs compute it from the stored ``perm``."""
+        perm = self.perm.long()
+        positions = torch.arange(perm.numel(), device=perm.device)
+        return torch.zeros_like(perm).scatter(0, perm, positions)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every bucket is looked up for every id (indices clamped into the bucket) and the right one
+        selected with ``where``: no data-dependent shapes or branches, so a bucket the example input of a
+        trace never hits stays in the graph."""
         pos = self.inverse_perm()[ids.reshape(-1)]
         out = torch.zeros(pos.numel(), self.embedding_dim, dtype=self.compute_dtype, device=pos.device)
         start = 0
         for b, size in enumerate(self.sizes):
-            mask = (pos >= start) & (pos < start + size)
-            if bool(mask.any()):
-                out[mask] = self._bucket_rows(b, pos[mask] - start)
+            local = (pos - start).clamp(0, size - 1)
+            inside = ((pos >= start) & (pos < start + size)).unsqueeze(-1)
+            out = torch.where(inside, self._bucket_rows(b, local), out)
             start += size
         return out.reshape(*ids.shape, self.embedding_dim)
 
