@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     # `embcompress compress`, `embcompress export`
     "embcompress.compress": 10,
     "embcompress.export": 10,
+    "embcompress.onnx_export": 10,
     # the public facade (src/embcompress/__init__.py); exact name only, not a prefix
     "embcompress": 11,
     # the command line
@@ -83,6 +84,7 @@ OPTIONAL_ENTRIES = {"embcompress.sizes", "embcompress.options"}
 LOCAL_IMPORT_ALLOW: dict[str, set[str]] = {
     "embcompress.methods.nmf": {"sklearn"},
     "embcompress.data": {"pyarrow"},
+    "embcompress.onnx_export": {"onnx", "onnxruntime"},
 }
 
 

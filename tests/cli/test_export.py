@@ -87,7 +87,7 @@ def test_export_without_format_fails(tiny_model_dir: Callable[[str], Path], tmp_
     out = tmp_path / "dense"
     result = CliRunner().invoke(app, ["export", str(src), "-o", str(out)])
     assert result.exit_code == 2
-    assert "error: choose an export format: --dense" in result.stderr
+    assert "error: choose an export format: --dense or --onnx" in result.stderr
     assert not out.exists()
 
 
@@ -138,3 +138,21 @@ def test_export_of_damaged_checkpoint_fails_cleanly(tiny_model_dir: Callable[[st
     assert len(lines) == 1 and "lm_head.source.codes [96, 2] (config says [96, 4])" in lines[0]
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_onnx_layout(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "bert-encoder")
+    (src / "modules.json").write_text("[]")
+    before = hashes(src)
+    out = tmp_path / "onnx-out"
+    result = CliRunner().invoke(app, ["export", "--onnx", str(src), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["format"] == "onnx" and info["output"] == "last_hidden_state"
+    assert info["max_abs_diff"] < 1e-4
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "modules.json").is_file()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert not list(out.glob("*.safetensors"))
+    assert hashes(src) == before
+    both = CliRunner().invoke(app, ["export", "--onnx", "--dense", str(src), "-o", str(tmp_path / "x")])
+    assert both.exit_code == 2 and "choose an export format" in both.stderr

@@ -1,4 +1,5 @@
-"""``embcompress export``: write a vanilla dense checkpoint that any runtime loads."""
+"""``embcompress export``: a vanilla dense checkpoint (``--dense``) or an ONNX model whose embedding
+stays compressed (``--onnx``), for runtimes that cannot import embcompress."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from ..checkpoint import check_outside_input
 from ..errors import EmbcompressError
 from ..export import export_dense
+from ..onnx_export import export_onnx
 from . import app
 from ._common import JsonOut, Overwrite, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
 
@@ -17,17 +19,31 @@ from ._common import JsonOut, Overwrite, RichReporter, Verbose, handle_errors, p
 @handle_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="A compressed checkpoint folder."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the dense checkpoint."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the exported model."),
     dense: bool = typer.Option(False, "--dense", help="Multiply the factors out into dense matrices."),
+    onnx: bool = typer.Option(
+        False, "--onnx", help="Write onnx/model.onnx with the embedding kept compressed (needs embcompress[onnx])."
+    ),
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
     verbose: Verbose = False,
 ) -> None:
-    """Export a compressed checkpoint; --dense writes plain transformers weights."""
+    """Export a compressed checkpoint; --dense writes plain transformers weights, --onnx an ONNX model."""
     setup_logging(verbose)
-    if not dense:
-        raise EmbcompressError("choose an export format: --dense (the only format so far)")
+    if dense == onnx:
+        raise EmbcompressError("choose an export format: --dense or --onnx (one of them)")
     check_outside_input(output, checkpoint)
+    if onnx:
+        with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output} (ONNX)"):
+            result = export_onnx(checkpoint, output, overwrite)
+        if json_out:
+            print_json({"output": str(output), "format": "onnx", **result.to_dict()})
+        else:
+            stdout.print(
+                f"wrote ONNX model [bold]{result.path}[/] ({result.file_bytes:,} bytes, "
+                f"max |diff| vs PyTorch {result.max_abs_diff:.2e})"
+            )
+        return
     with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output}"):
         model = export_dense(checkpoint, output, overwrite)
     params = sum(p.numel() for p in model.parameters())
