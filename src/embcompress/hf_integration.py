@@ -3,12 +3,21 @@
 Importing :mod:`embcompress` registers the ``"embcompress"`` quantization method. A compressed
 checkpoint's ``config.json`` names it in ``quantization_config``; transformers then asks our
 quantizer to swap in empty factorized modules before it loads the factor tensors by name.
+
+Without the import, transformers 5 only logs "Unknown quantization type ... we will skip the
+quantization" and would initialise the embeddings at random. :func:`load_guard_tensors` are empty
+tensors a checkpoint writer adds so that plain loading fails loudly instead: an empty
+``<input embedding>.weight`` makes transformers raise on the size mismatch (it does unless
+``ignore_mismatched_sizes=True``), and a tensor named :data:`LOAD_GUARD_NOTE` shows in the load report
+printed just above that error, telling the user what to do. The registered quantizer adds both to
+the model's ignored unexpected keys, so loading after ``import embcompress`` stays quiet.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 from typing import Any
 
 import torch
@@ -23,6 +32,24 @@ from .config import QUANT_METHOD, CompressionConfig
 from .surgery import build_modules, install_modules, resolve_paths
 
 logger = logging.getLogger(__name__)
+
+#: Name of the empty guard tensor shown in transformers' load report when embcompress is not imported.
+LOAD_GUARD_NOTE = "EMBCOMPRESS CHECKPOINT: pip install embcompress, then import embcompress before from_pretrained"
+
+
+def load_guard_keys(config: CompressionConfig) -> list[str]:
+    """Names of the guard tensors for ``config``: the note and ``<path>.weight`` of each input embedding."""
+    return [LOAD_GUARD_NOTE, *(f"{spec.path}.weight" for spec in config.modules if spec.role == "input")]
+
+
+def load_guard_tensors(config: CompressionConfig) -> dict[str, torch.Tensor]:
+    """Empty ``uint8`` tensors to add to a compressed checkpoint's weights (see the module docstring)."""
+    return {key: torch.zeros(0, dtype=torch.uint8) for key in load_guard_keys(config)}
+
+
+def is_load_guard_key(key: str, config: CompressionConfig) -> bool:
+    """Whether ``key`` in a weights file is a guard tensor (not a factor or a stray dense weight)."""
+    return key in load_guard_keys(config)
 
 
 class EmbcompressQuantizationConfig(QuantizationConfigMixin):
@@ -57,6 +84,9 @@ class EmbcompressHfQuantizer(HfQuantizer):
         dtype = kwargs.get("dtype") or next(model.parameters()).dtype
         modules = build_modules(compression, compute_dtype=dtype, device="meta")
         install_modules(model, compression, modules)
+        ignored = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+        guards = [re.escape(key) for key in load_guard_keys(compression)]
+        model._keys_to_ignore_on_load_unexpected = ignored | {f"^{key}$" for key in guards}
         # Some root-level `_init_weights` (e.g. T5's) write into `<embedding>.weight`, which a
         # factorized module does not have; the root holds no weights of its own to initialise.
         model._is_hf_initialized = True
