@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from .sizes import mb
@@ -47,10 +49,85 @@ def distill_section(distill: dict[str, Any]) -> str:
     )
 
 
-def render_card(source: str, architecture: str, summary: dict[str, Any], quality: str | None = None) -> str:
-    """The README.md text of a compressed checkpoint: sizes, the distillation run and the measured
-    quality table when there are any, and how to load it. The only place a model card is written."""
-    sections = [_header(source, architecture, summary)]
+#: Hub ids of the offline aliases (to move into ``sources.PackagedModel`` as a ``hub_id`` field).
+ALIAS_HUB_IDS = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+#: ``pipeline_tag`` by model kind (``ModelKind`` values); sentence-transformers layouts use sentence-similarity.
+PIPELINE_TAGS = {"causal-lm": "text-generation", "masked-lm": "fill-mask", "encoder": "feature-extraction"}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def base_model_id(source: str) -> str | None:
+    """The Hub id of ``source`` (an alias's real id, or the name itself when it looks like one), else ``None``."""
+    if source in ALIAS_HUB_IDS:
+        return ALIAS_HUB_IDS[source]
+    if _HUB_ID.match(source) and not Path(source).expanduser().exists():
+        return source
+    return None
+
+
+def front_matter(readme: str | None) -> dict[str, str]:
+    """Top-level ``key: value`` scalars of a README's YAML front matter (enough to read ``license``)."""
+    if not readme or not readme.startswith("---"):
+        return {}
+    end = readme.find("\n---", 3)
+    fields: dict[str, str] = {}
+    for line in readme[3 : end if end > 0 else 0].splitlines():
+        match = re.match(r"^([A-Za-z_][\w-]*):\s*(\S.*)$", line)
+        if match:
+            fields[match.group(1)] = match.group(2).strip().strip("'\"")
+    return fields
+
+
+def card_metadata(
+    source: str,
+    kind: str | None = None,
+    sentence_transformers: bool = False,
+    source_readme: str | None = None,
+    license: str | None = None,
+) -> list[str]:
+    """YAML front-matter lines following the Hub's conventions for a quantized derivative."""
+    lines = []
+    base = base_model_id(source)
+    if base:
+        lines += [f"base_model: {base}", "base_model_relation: quantized"]
+    license = license or front_matter(source_readme).get("license")
+    if license:
+        lines.append(f"license: {license}")
+    lines.append(f"library_name: {'sentence-transformers' if sentence_transformers else 'transformers'}")
+    tag = "sentence-similarity" if sentence_transformers else PIPELINE_TAGS.get(str(kind)) if kind else None
+    if tag:
+        lines.append(f"pipeline_tag: {tag}")
+    tags = ["embcompress", "compressed-embeddings"] + (["sentence-transformers"] if sentence_transformers else [])
+    lines.append(f"tags: [{', '.join(tags)}]")
+    return lines
+
+
+def render_card(
+    source: str,
+    architecture: str,
+    summary: dict[str, Any],
+    quality: str | None = None,
+    *,
+    kind: str | None = None,
+    sentence_transformers: bool = False,
+    source_readme: str | None = None,
+    license: str | None = None,
+) -> str:
+    """The README.md text of a compressed checkpoint: front matter (``base_model``, ``license``,
+    ``library_name``, ``pipeline_tag``, tags), sizes, the distillation run and the measured quality table
+    when there are any, and how to load it. The only place a model card is written.
+
+    Keyword-only inputs (all optional): ``kind`` (a ``ModelKind`` value) picks ``pipeline_tag``;
+    ``sentence_transformers`` (the source has ``modules.json``) sets ``library_name`` and tags;
+    ``source_readme`` (the source's README text) supplies ``license`` unless ``license`` is given.
+    """
+    meta = card_metadata(source, kind, sentence_transformers, source_readme, license)
+    sections = ["---\n" + "\n".join(meta) + "\n---", _header(source, architecture, summary)]
     if summary.get("distill"):
         sections.append(distill_section(summary["distill"]))
     if quality is not None:
@@ -76,17 +153,15 @@ model = AutoModel.from_pretrained("path/to/this/folder")  # plain transformers a
 ```
 
 Without `import embcompress`, transformers does not know the `embcompress` quantization method
-and would initialise the embeddings at random. For runtimes that cannot import embcompress, write a
-dense copy with `embcompress export --dense THIS_FOLDER -o OUT`.
+(checkpoints with embcompress's load guard then fail to load with a report naming the fix; older ones
+would initialise the embeddings at random). For runtimes that cannot import embcompress, write a
+dense copy with `embcompress export --dense THIS_FOLDER -o OUT`, or an ONNX model whose embedding stays
+compressed with `embcompress export --onnx THIS_FOLDER -o OUT`.
 """
 
 
 def _header(source: str, architecture: str, summary: dict[str, Any]) -> str:
-    return f"""---
-library_name: transformers
-tags: [embcompress, compressed-embeddings]
----
-# {source} with factorized token embeddings
+    return f"""# {source} with factorized token embeddings
 
 Produced by [embcompress](https://pypi.org/project/embcompress/) {__version__} from `{source}`
 ({architecture}), method `{summary.get("method", "unknown")}`.
