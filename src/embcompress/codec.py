@@ -313,18 +313,22 @@ def total_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
 
 
 def _fit_groups(rows: int, cols: int, variances: torch.Tensor, budget_bytes: int, max_bits: int) -> list:
-    """Largest allocation whose exact total bytes fit ``budget_bytes``.
-
-    Starts from the overhead of a full-rank code (an upper bound), then re-spends what a smaller ``K`` saves.
-    """
-    best: list[tuple[int, int]] = []
-    overhead = overhead_nbytes(rows, cols, [(cols, max_bits)])
-    for _ in range(4):
-        groups = _groups(allocate_bits(variances, max(0, 8 * (budget_bytes - overhead) // rows), max_bits))
-        if total_nbytes(rows, cols, groups) > budget_bytes:
-            break
-        best, overhead = groups, overhead_nbytes(rows, cols, groups)
-    return best
+    """Greedy reverse water-filling with exact byte accounting: repeatedly give one more bit to the band
+    whose Lloyd-Max distortion drops most, among the increments whose total stored bytes (codes, basis
+    rows, scales, codebooks) still fit ``budget_bytes``. A larger budget never gives a worse allocation."""
+    band_var = variances.double().reshape(-1, BAND).mean(-1).tolist()
+    bits = [0] * len(band_var)
+    while True:
+        best, gain = -1, 0.0
+        for i, b in enumerate(bits):
+            if b >= max_bits or (i and bits[i - 1] == 0):
+                continue
+            g = band_var[i] * (GAUSS_DISTORTION[b] - GAUSS_DISTORTION[b + 1])
+            if g > gain and total_nbytes(rows, cols, _groups([*bits[:i], b + 1, *bits[i + 1 :]])) <= budget_bytes:
+                best, gain = i, g
+        if best < 0:
+            return _groups(bits)
+        bits[best] += 1
 
 
 def encode(
@@ -359,6 +363,8 @@ def encode(
     basis, variances = _principal_basis(xc, metric, ridge)
     budget = max_bytes if max_bytes is not None else int(bits_per_weight * rows * cols / 8)
     groups = _fit_groups(rows, cols, variances, budget, max_bits)
+    if not groups:
+        raise ValueError(f"a budget of {budget} bytes leaves no bits for the codes of a {rows}x{cols} matrix")
     k = sum(n for n, _ in groups)
     full16 = basis.half()
     z = (xc.double() @ torch.linalg.inv(full16.double())[:, :k]).float()

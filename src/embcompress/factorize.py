@@ -46,7 +46,8 @@ class FactorizeOptions(Options):
         rank_input: Rank of the input embedding.
         rank_output: Rank of an untied output head.
         targets: Which matrices to replace: ``("input", "output")`` or one of them.
-        factor_dtype: Storage dtype of the factors.
+        factor_dtype: Storage dtype of the factors (``None``: the method's default, float32 for the
+            factorizations, float16 for ``transform``'s scales and codebooks).
         seed: Seed for any randomness in the fit.
         method_options: The method's options as a JSON dict (recorded as given in each module
             spec); parsed into the method's typed options (:attr:`method_config`).
@@ -59,7 +60,7 @@ class FactorizeOptions(Options):
     energy: float | None = None
     ratio: float | None = None
     targets: tuple[str, ...] = ROLES
-    factor_dtype: str = "float32"
+    factor_dtype: str | None = None
     seed: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -72,8 +73,12 @@ class FactorizeOptions(Options):
             value = getattr(self, name)
             require(value is None or value > 0, name, f"must be a positive integer, got {value}")
         budget_from(self.rank, self.energy, self.ratio)
-        dtype_from_name(self.factor_dtype)
-        get_method(self.method).parse_options(self.method_options)
+        if self.factor_dtype is not None:
+            dtype_from_name(self.factor_dtype)
+        method = get_method(self.method)
+        method.parse_options(self.method_options)
+        if method.byte_budget and (self.energy is not None or self.rank_for("input") or self.rank_for("output")):
+            raise BudgetError(f"method '{self.method}' takes a byte budget: pass --ratio R, not --rank or --energy")
 
     @property
     def method_config(self) -> MethodOptions:
@@ -200,6 +205,10 @@ def plan(
             specs.append(_spec(found, role, options, specs[0].rank, method, tied_to=found.input_path))
             continue
         spec = _spec(found, role, options, 1, method)
+        if method.byte_budget:
+            spec.options["target_bytes"] = method.target_bytes(spec, options.ratio, options.method_config)
+            specs.append(spec)
+            continue
         budget = options.budget_for(role)
         if budget is None:
             raise BudgetError(
@@ -233,7 +242,7 @@ def _spec(
         rank=rank,
         num_embeddings=found.vocab_size,
         embedding_dim=found.hidden_size,
-        factor_dtype=options.factor_dtype,
+        factor_dtype=options.factor_dtype or method.default_factor_dtype,
         tied_to=tied_to,
         aliases=list(found.input_aliases) if is_input else [],
         padding_idx=module.padding_idx if is_input else None,
@@ -274,16 +283,18 @@ def factorize_model(
     options: FactorizeOptions,
     row_weights: torch.Tensor | None = None,
     progress: Any = None,
+    metric: torch.Tensor | None = None,
 ) -> CompressionResult:
     """Replace the embeddings of ``model`` in place with fitted factorized modules.
 
-    Everything is validated before the model is touched. Returns the config to save and per-module
-    size/fidelity statistics.
+    Everything is validated before the model is touched. ``metric`` (``H x H``, PSD) weighs the
+    reconstruction error of methods that use one (``transform``), e.g. ``E[h h^T]`` of the hidden
+    states an LM head sees. Returns the config to save and per-module size/fidelity statistics.
     """
     config, found = plan(model, options, row_weights)
     params_before = sum(p.numel() for p in model.parameters())
     method = get_method(options.method)
-    ctx = FitContext(options.seed, row_weights, options.method_config, progress)
+    ctx = FitContext(options.seed, row_weights, options.method_config, progress, metric)
     modules: dict[str, nn.Module] = {}
     stats: list[ModuleStats] = []
     for spec in config.modules:
@@ -291,6 +302,7 @@ def factorize_model(
         weight = dense.weight.detach()
         if spec.tied_to is not None:
             source = modules[spec.tied_to]
+            spec.rank = config.module(spec.tied_to).rank
         else:
             logger.info("fitting %s (%dx%d) at rank %d with %s", spec.path, *weight.shape, spec.rank, spec.method)
             source = method.build(spec, weight, ctx)

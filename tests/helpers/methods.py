@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from embcompress.methods import get_method
 from helpers.models import VOCAB
 
 #: Every registered method with options that keep the tiny fits fast.
@@ -16,8 +17,23 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "grouped": {"buckets": [12, "rest"]},
     "nmf": {"max_iter": 30},
     "nonlinear": {"steps": 10, "batch_rows": 0},
+    "transform": {},
 }
 WEIGHTED = {"weighted-svd", "grouped", "nonlinear"}
+
+
+def budget(method: str, rank: int) -> dict[str, Any]:
+    """FactorizeOptions budget fields for ``method`` growing with ``rank`` (byte-budget methods get
+    ``6 + rank`` bits per weight: the rotation, scales and codebooks of the tiny 96 x 16 matrices take
+    about 4, and 8 bits a component is the most a code stores)."""
+    if get_method(method).byte_budget:
+        return {"ratio": 32 / (6 + rank)}
+    return {"rank": rank}
+
+
+def compact_dtype(method: str) -> str:
+    """The method's compact factor storage: int8 factors, or float16 scales and codebooks for ``transform``."""
+    return "float16" if get_method(method).byte_budget else "int8"
 
 
 def zipf_weights(vocab: int = VOCAB, seed: int = 0) -> torch.Tensor:

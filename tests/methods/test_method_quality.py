@@ -14,7 +14,7 @@ from embcompress.methods.grouped import GroupedEmbedding, allocate_ranks
 from embcompress.methods.nmf import NMFOptions, column_shift
 from embcompress.methods.nonlinear import NonlinearEmbedding
 from embcompress.sizes import DENSE
-from helpers.methods import METHOD_OPTIONS, single_thread, weights_for, zipf_weights
+from helpers.methods import METHOD_OPTIONS, budget, single_thread, weights_for, zipf_weights
 from helpers.models import make_tiny
 
 ROWS, COLS = 96, 16
@@ -33,7 +33,7 @@ def _errors(method: str, ranks: list[int]) -> list[float]:
     out = []
     for rank in ranks:
         model = make_tiny("llama-tied")
-        options = FactorizeOptions(method=method, rank=rank, method_options=METHOD_OPTIONS[method])
+        options = FactorizeOptions(method=method, method_options=METHOD_OPTIONS[method], **budget(method, rank))
         factorize_model(model, options, row_weights=weights_for(method))
         weights = weights_for(method)
         out.append(relative_error(weight, model.get_input_embeddings(), weights))

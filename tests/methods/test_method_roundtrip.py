@@ -13,8 +13,8 @@ import embcompress
 from embcompress.checkpoint import WEIGHTS_NAME, save_model_files
 from embcompress.factorize import FactorizeOptions, factorize_model
 from embcompress.methods import get_method, method_names
-from embcompress.modules import FactorizedEmbedding, FactorizedLinear
-from helpers.methods import METHOD_OPTIONS, single_thread, weights_for
+from embcompress.modules import CompressedEmbedding, FactorizedLinear
+from helpers.methods import METHOD_OPTIONS, budget, compact_dtype, single_thread, weights_for
 from helpers.models import forward_logits, make_tiny
 
 RANK = 4
@@ -25,8 +25,9 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
 def _compress(name: str, method: str, factor_dtype: str = "float32", rank: int = RANK) -> torch.nn.Module:
     model = make_tiny(name)
+    dtype = compact_dtype(method) if factor_dtype == "compact" else factor_dtype
     options = FactorizeOptions(
-        method=method, rank=rank, factor_dtype=factor_dtype, method_options=METHOD_OPTIONS[method]
+        method=method, factor_dtype=dtype, method_options=METHOD_OPTIONS[method], **budget(method, rank)
     )
     factorize_model(model, options, row_weights=weights_for(method))
     return model
@@ -42,7 +43,7 @@ def test_all_methods_registered() -> None:
     assert set(METHOD_OPTIONS) == set(method_names())
 
 
-@pytest.mark.parametrize("factor_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("factor_dtype", ["float32", "compact"])
 @pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
 def test_save_reload_same_logits(method: str, factor_dtype: str, tmp_path: Path, tiny_ids: torch.Tensor) -> None:
     model = _compress("llama-tied", method, factor_dtype)
@@ -60,9 +61,12 @@ def test_save_reload_same_logits(method: str, factor_dtype: str, tmp_path: Path,
         emb = loaded.get_input_embeddings()
         assert type(emb) is module_class
         assert loaded.lm_head.source is emb, "tied head must stay tied after reload"
-        if factor_dtype == "int8":
+        if factor_dtype == "compact" and compact_dtype(method) == "int8":
             int8 = [n for n, p in emb.named_parameters() if p.dtype == torch.int8]
             assert int8 and all(f"{n}_scale" in dict(emb.named_parameters()) for n in int8)
+        if factor_dtype == "compact" and compact_dtype(method) == "float16":
+            dtypes = {p.dtype for p in emb.parameters()}
+            assert dtypes == {torch.uint8, torch.float16}, dtypes
         _assert_same_logits(forward_logits(loaded, tiny_ids), expected)
 
 
@@ -80,7 +84,7 @@ def test_untied_head_gets_own_factors(method: str, tmp_path: Path, tiny_ids: tor
 def test_tied_stays_tied(method: str) -> None:
     model = _compress("llama-tied", method)
     emb = model.get_input_embeddings()
-    assert isinstance(emb, FactorizedEmbedding)
+    assert isinstance(emb, CompressedEmbedding)
     assert model.lm_head.source is emb
     head_ids = {id(p) for p in model.lm_head.parameters()}
     assert head_ids <= {id(p) for p in emb.parameters()}

@@ -42,6 +42,7 @@ CUSTOM: dict[str, dict[str, Any]] = {
     "grouped": {"buckets": [12, "rest"], "bucket_ranks": ["dense", 2], "solver": "gram"},
     "nmf": {"solver": "sklearn", "max_iter": 7, "tol": 1e-3},
     "nonlinear": {"hidden": 8, "depth": 2, "groups": 2, "activation": "gelu", "steps": 3, "lr": 0.01},
+    "transform": {"bits_per_weight": 3.5, "max_bits": 6, "iters": 3},
 }
 
 

@@ -9,6 +9,7 @@ from .nmf import NMFMethod
 from .nonlinear import NonlinearMethod
 from .options import parse_method_options, parse_value
 from .svd import SVDMethod
+from .transform import TransformMethod
 from .weighted_svd import WeightedSVDMethod
 
 _REGISTRY: dict[str, type[FactorizationMethod]] = {}
@@ -34,7 +35,7 @@ def get_method(name: str) -> FactorizationMethod:
     return _REGISTRY[name]()
 
 
-for _cls in (SVDMethod, WeightedSVDMethod, GroupedMethod, NMFMethod, NonlinearMethod):
+for _cls in (SVDMethod, WeightedSVDMethod, GroupedMethod, NMFMethod, NonlinearMethod, TransformMethod):
     register_method(_cls)
 
 __all__ = [

@@ -12,7 +12,7 @@ import torch
 
 from ..config import ModuleSpec
 from ..errors import EmbcompressError
-from ..modules import FactorizedEmbedding
+from ..modules import CompressedEmbedding, FactorizedEmbedding
 from ..options import Options
 from ..sizes import module_bytes
 
@@ -93,12 +93,14 @@ class FitContext:
         options: The method's typed options (``method.parse_options(...)``); ``None``: the options
             recorded in the spec being built, else the defaults.
         progress: Optional callback ``(step, total, metrics)`` for long fits.
+        metric: Optional ``H x H`` PSD weight of the reconstruction error (methods that use one).
     """
 
     seed: int = 0
     row_weights: torch.Tensor | None = None
     options: MethodOptions | None = None
     progress: ProgressFn | None = None
+    metric: torch.Tensor | None = None
 
 
 class FactorizationMethod:
@@ -116,6 +118,10 @@ class FactorizationMethod:
     weighted_energy: ClassVar[bool] = False
     #: Whether the module's LM-head product materialises the dense ``V x H`` matrix.
     serving_dense: ClassVar[bool] = False
+    #: Whether the budget is bytes (``--ratio`` / :meth:`target_bytes`) rather than a rank.
+    byte_budget: ClassVar[bool] = False
+    #: Storage dtype of the factors when the options name none.
+    default_factor_dtype: ClassVar[str] = "float32"
 
     def parse_options(self, options: dict[str, Any] | MethodOptions | None = None) -> MethodOptions:
         """Typed options from a JSON / command-line dict: unknown keys and bad values are an error.
@@ -149,16 +155,16 @@ class FactorizationMethod:
         raise NotImplementedError(f"method '{self.name}' does not produce linear factors")
 
     @property
-    def module_class(self) -> type[FactorizedEmbedding]:
+    def module_class(self) -> type[CompressedEmbedding]:
         """Module class holding this method's factors (built empty when loading a checkpoint)."""
         return FactorizedEmbedding
 
-    def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
+    def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> CompressedEmbedding:
         """Fit ``matrix`` and return a new module; ``matrix`` is not modified."""
         factors = self.fit(matrix.detach(), spec.rank, ctx)
-        return self.module_class.from_factors(
-            spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype
-        )
+        module_class = self.module_class
+        assert issubclass(module_class, FactorizedEmbedding), "methods with other modules override build()"
+        return module_class.from_factors(spec, factors.codes, factors.basis, factors.offset, compute_dtype=matrix.dtype)
 
     def check_spec(self, spec: ModuleSpec) -> None:
         """Validate method-specific structure in ``spec.options`` before any work (default: nothing)."""
@@ -170,6 +176,10 @@ class FactorizationMethod:
     def progress_total(self, options: MethodOptions) -> int | None:
         """Number of progress steps one fit reports through ``ctx.progress`` (``None``: no progress)."""
         return None
+
+    def target_bytes(self, spec: ModuleSpec, ratio: float | None, options: MethodOptions) -> int:
+        """Byte budget of ``spec``'s matrix for :attr:`byte_budget` methods."""
+        raise EmbcompressError(f"method '{self.name}' takes a rank budget, not a byte budget")
 
     def params_per_rank(self, rows: int, cols: int) -> int:
         """Stored parameters added by one unit of rank (``rows + cols`` for ``codes @ basis``)."""

@@ -1,0 +1,190 @@
+"""``transform``: transform coding of the whole matrix, robust to the text it will serve.
+
+Every row keeps all of its information at a lower precision instead of a frequency-ranked subset of
+rows keeping everything: the matrix is centred, rotated onto the principal axes of the error that
+matters (for an LM head, the second moment ``E[h h^T]`` of the hidden states the head sees, which
+:mod:`embcompress.selftext` estimates on text the model writes itself), and each band of components
+gets the integer bits reverse water-filling gives it, quantized with a Lloyd-Max codebook over values
+normalised by a per-component and a per-row scale (:mod:`embcompress.codec`).
+
+Budgets are bytes: ``--ratio R`` stores at most ``dense fp32 bytes / R`` (``R = 8`` is per-row int4's
+size, 4 bits per weight), or ``-O bits_per_weight=B``. The stored tensors are the packed codes
+(``uint8``), the codebooks, the two scale vectors, the rotation and the mean; nothing is derived from
+token frequencies, so no row is starved on text unlike the text the budget was planned on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..codec import TransformCode, encode, packed_nbytes, unpack_bits
+from ..config import ModuleSpec
+from ..errors import BudgetError, EmbcompressError
+from ..modules import CompressedEmbedding
+from ..quant import dtype_from_name
+from .base import FactorizationMethod, FitContext, MethodOptions
+
+logger = logging.getLogger(__name__)
+
+#: Rows decoded at a time by the LM-head product (bounds its temporary memory).
+HEAD_CHUNK = 8192
+FLOAT_NAMES = ("mean", "basis", "comp_scale", "row_scale")
+
+
+@dataclass
+class TransformOptions(MethodOptions):
+    """Options of ``transform``.
+
+    Attributes:
+        bits_per_weight: Budget in bits per matrix entry, everything stored included (overrides ``--ratio``).
+        max_bits: Largest bit width of a band of components.
+        iters: Alternations of codebook and row-scale refits.
+    """
+
+    label: ClassVar[str] = "transform"
+
+    bits_per_weight: float = 0.0
+    max_bits: int = 8
+    iters: int = 2
+
+    def validate(self) -> None:
+        if not (self.bits_per_weight == 0 or 0.5 <= self.bits_per_weight <= 16):
+            raise EmbcompressError(f"transform option bits_per_weight must be in [0.5, 16], got {self.bits_per_weight}")
+        if not 1 <= self.max_bits <= 8:
+            raise EmbcompressError(f"transform option max_bits must be between 1 and 8, got {self.max_bits}")
+        if self.iters < 1:
+            raise EmbcompressError(f"transform option iters must be at least 1, got {self.iters}")
+
+
+def groups_of(spec: ModuleSpec) -> list[tuple[int, int]]:
+    """``(components, bits)`` of each band group, as recorded in the spec by the fit."""
+    if "groups" not in spec.options:
+        raise EmbcompressError(f"transform spec of '{spec.path}' has no 'groups'; it was never fitted")
+    return [(int(n), int(b)) for n, b in spec.options["groups"]]
+
+
+class TransformCodedEmbedding(CompressedEmbedding):
+    """``E[v] = row_scale[v] * (u[v] * comp_scale) @ basis + mean``, ``u[v]`` a codebook value per component.
+
+    Integer codes are frozen ``uint8`` parameters; the float tensors (stored in ``spec.factor_dtype``,
+    float16 by default) can be distilled.
+    """
+
+    def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
+        nn.Module.__init__(self)
+        self.spec, self.compute_dtype, self.padding_idx = spec, compute_dtype, spec.padding_idx
+        self.groups = groups_of(spec)
+        store = dtype_from_name(spec.factor_dtype)
+        if not store.is_floating_point:
+            raise EmbcompressError("transform stores float scales and codebooks; use float16, bfloat16 or float32")
+        rows, cols, k = spec.num_embeddings, spec.embedding_dim, sum(n for n, _ in self.groups)
+        shapes = {"mean": (cols,), "basis": (k, cols), "comp_scale": (k,), "row_scale": (rows,)}
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=store)))
+        for g, (n, bits) in enumerate(self.groups):
+            packed = torch.empty(rows, packed_nbytes(n, bits), dtype=torch.uint8)
+            self.register_parameter(f"codes_{g}", nn.Parameter(packed, requires_grad=False))
+            self.register_parameter(f"codebook_{g}", nn.Parameter(torch.empty(2**bits, dtype=store)))
+
+    @classmethod
+    def from_code(
+        cls, spec: ModuleSpec, code: TransformCode, compute_dtype: torch.dtype = torch.float32
+    ) -> TransformCodedEmbedding:
+        """A module holding ``code`` (``spec.options['groups']`` must match its layout)."""
+        module = cls.from_spec(spec, compute_dtype, device=code.mean.device)
+        tensors = {"mean": code.mean, "basis": code.basis, "comp_scale": code.comp_scale, "row_scale": code.row_scale}
+        for g, (packed, book) in enumerate(zip(code.codes, code.codebooks, strict=True)):
+            tensors[f"codes_{g}"], tensors[f"codebook_{g}"] = packed, book
+        with torch.no_grad():
+            for name, value in tensors.items():
+                getattr(module, name).copy_(value)
+        return module  # type: ignore[return-value]
+
+    def factor_names(self) -> list[str]:
+        return [*FLOAT_NAMES, *(f"codebook_{g}" for g in range(len(self.groups)))]
+
+    def with_factor_dtype(self, factor_dtype: str) -> TransformCodedEmbedding:
+        spec = dataclasses.replace(self.spec, factor_dtype=factor_dtype, options=dict(self.spec.options))
+        new = type(self).from_spec(spec, self.compute_dtype, device=self.mean.device)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                new.get_parameter(name).copy_(param)
+        return new  # type: ignore[return-value]
+
+    def _levels(self, ids: torch.Tensor) -> torch.Tensor:
+        """Codebook values ``u`` of rows ``ids`` (flat), ``(len(ids), K)`` in the compute dtype."""
+        parts = []
+        for g, (n, bits) in enumerate(self.groups):
+            book = self.get_parameter(f"codebook_{g}").to(self.compute_dtype)
+            parts.append(book[unpack_bits(self.get_parameter(f"codes_{g}")[ids], bits, n)])
+        return torch.cat(parts, -1)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        dt = self.compute_dtype
+        z = self._levels(flat) * self.comp_scale.to(dt) * self.row_scale.to(dt)[flat, None]
+        out = z @ self.basis.to(dt) + self.mean.to(dt)
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        dt = self.compute_dtype
+        h = hidden.to(dt)
+        g = (h @ self.basis.to(dt).T) * self.comp_scale.to(dt)
+        parts = []
+        for start in range(0, self.num_embeddings, HEAD_CHUNK):
+            ids = torch.arange(start, min(start + HEAD_CHUNK, self.num_embeddings), device=h.device)
+            parts.append((g @ self._levels(ids).T) * self.row_scale.to(dt)[ids])
+        return torch.cat(parts, -1) + (h @ self.mean.to(dt)).unsqueeze(-1)
+
+
+def target_bytes(spec: ModuleSpec, ratio: float | None, options: TransformOptions) -> int:
+    """The byte budget of ``spec``'s matrix: ``bits_per_weight`` if given, else fp32 bytes / ``ratio``."""
+    entries = spec.num_embeddings * spec.embedding_dim
+    if options.bits_per_weight:
+        return int(options.bits_per_weight * entries / 8)
+    if ratio is None:
+        raise BudgetError("method 'transform' needs a byte budget: pass --ratio R (or -O bits_per_weight=B)")
+    return int(entries * 4 / ratio)
+
+
+class TransformMethod(FactorizationMethod):
+    """Transform coding within a byte budget (see the module docstring)."""
+
+    name: ClassVar[str] = "transform"
+    description: ClassVar[str] = "rotation + water-filled bits + Lloyd-Max codebooks; robust to any text"
+    options_class: ClassVar[type[MethodOptions]] = TransformOptions
+    byte_budget: ClassVar[bool] = True
+    default_factor_dtype: ClassVar[str] = "float16"
+
+    def target_bytes(self, spec: ModuleSpec, ratio: float | None, options: MethodOptions) -> int:
+        assert isinstance(options, TransformOptions)
+        return target_bytes(spec, ratio, options)
+
+    @property
+    def module_class(self) -> type[CompressedEmbedding]:
+        return TransformCodedEmbedding
+
+    def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> CompressedEmbedding:
+        opts = self.options_of(ctx, spec)
+        assert isinstance(opts, TransformOptions)
+        if matrix.shape[1] % 8:
+            raise EmbcompressError(f"transform needs a hidden size divisible by 8, got {matrix.shape[1]}")
+        budget = int(spec.options["target_bytes"])
+        start = time.perf_counter()
+        try:
+            code = encode(
+                matrix.detach().float(), max_bytes=budget, metric=ctx.metric, max_bits=opts.max_bits, iters=opts.iters
+            )
+        except ValueError as exc:
+            raise BudgetError(f"{exc} (the {spec.role} embedding); use a lower --ratio") from None
+        spec.options = {**spec.options, "groups": code.layout.tolist()}
+        spec.rank = int(code.basis.shape[0])
+        logger.info("transform code of %s: %s in %.1fs", spec.path, spec.options["groups"], time.perf_counter() - start)
+        return TransformCodedEmbedding.from_code(spec, code, compute_dtype=matrix.dtype)
