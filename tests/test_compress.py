@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 import embcompress
 from embcompress.compress import (
     DENSE,
     CompressOptions,
+    CompressResult,
     Layout,
     choose_layout,
     compress_checkpoint,
@@ -147,7 +149,7 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
     torch.set_num_threads(1)
     teacher = _teacher_dir(tmp_path, name)
     corpus = write_corpus(tmp_path / "corpus.txt", 200)
-    options = CompressOptions(ratio=2.0, data=str(corpus), distill=distill, distill_overrides=FAST)
+    options = CompressOptions(ratio=2.0, domain=True, data=str(corpus), distill=distill, distill_overrides=FAST)
     result = compress_checkpoint(str(teacher), tmp_path / "out", options)
     out = tmp_path / "out"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out", "teacher"]  # no work folder left
@@ -164,7 +166,8 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
         "nf4",
         "int4",
     }
-    assert result.summary["recipe"]["layout"]["sizes"] == result.layout.sizes
+    assert sum(result.summary["recipe"]["buckets"]["sizes"]) == model.get_input_embeddings().num_embeddings
+    assert result.mode == "domain" and "(tokens by frequency)" in result.layout
     assert ("distill" in result.summary) == distill
     card = (out / "README.md").read_text()
     assert "## Quality (measured by `embcompress compress`)" in card and "| int4 |" in card
@@ -172,7 +175,8 @@ def test_compress_writes_an_int8_checkpoint_with_its_report(tmp_path: Path, name
 
 def test_compress_without_data_uses_the_vocabulary_prior(tmp_path: Path) -> None:
     teacher = _teacher_dir(tmp_path, "llama-tied")
-    result = compress_checkpoint(str(teacher), tmp_path / "out", CompressOptions(ratio=2.0, distill=False))
+    options = CompressOptions(ratio=2.0, domain=True, distill=False)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
     assert result.frequency_source.startswith("vocabulary order")
     assert result.report["behaviour"] is None and embcompress.load(tmp_path / "out") is not None
 
@@ -188,7 +192,74 @@ def test_compress_refuses_an_existing_output_before_loading(tmp_path: Path) -> N
 def test_compress_can_skip_the_report(tmp_path: Path) -> None:
     teacher = _teacher_dir(tmp_path, "llama-tied")
     corpus = write_corpus(tmp_path / "corpus.txt", 100)
-    options = CompressOptions(ratio=2.0, data=str(corpus), distill=False, report=False)
+    options = CompressOptions(ratio=4.0, data=str(corpus), report=False)
     result = compress_checkpoint(str(teacher), tmp_path / "out", options)
     assert result.report is None and not (tmp_path / "out" / REPORT_NAME).exists()
     assert "## Quality" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def _dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    return {p.dtype for p in model.get_input_embeddings().parameters()}
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied"])
+def test_default_mode_is_the_transform_code_with_an_out_of_domain_column(tmp_path: Path, name: str) -> None:
+    torch.set_num_threads(1)
+    teacher = _teacher_dir(tmp_path, name)
+    corpus = write_corpus(tmp_path / "corpus.txt", 150)
+    ood = write_corpus(tmp_path / "other.txt", 60, seed=7)
+    options = CompressOptions(ratio=2.0, data=str(corpus), ood_data=str(ood))
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    out = tmp_path / "out"
+    assert result.mode == "robust" and result.layout.startswith("transform code:") and result.frequency_source is None
+    assert "distill" not in result.summary and not (out / "distill_log.jsonl").exists()
+    loaded = embcompress.load(out)
+    assert _dtypes(loaded) == {torch.uint8, torch.float16}
+    assert result.embedding_bytes == result.report["size"]["embedding"]["bytes_after"]
+    assert result.embedding_bytes <= 96 * 16 * 4 / 2 * (1 if name == "llama-tied" else 2)
+    ood_report = result.ood_report
+    assert ood_report is not None and ood_report["source"] == str(ood) and ood_report["behaviour"] is not None
+    assert [r["name"] for r in ood_report["references"]] == ["int8", "q8_0", "q4_0", "nf4", "int4"]
+    assert (out / "embcompress_report_ood.json").is_file()
+    card = (out / "README.md").read_text()
+    assert f"Out of domain: {ood}" in card and "| q4_0 |" in card and "domain mode" not in card
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(0))
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert torch.equal(forward_logits(plain, ids), forward_logits(loaded, ids))
+
+
+def test_without_ood_data_a_causal_lm_is_checked_on_text_it_samples_itself(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    folder = tmp_path / "teacher"
+    make_tiny("llama-tied").save_pretrained(folder)
+    make_tokenizer("causal").save_pretrained(folder)
+    corpus = write_corpus(tmp_path / "corpus.txt", 100)
+    result = compress_checkpoint(str(folder), tmp_path / "out", CompressOptions(ratio=2.0, data=str(corpus)))
+    assert result.ood_report is not None and "sampled from" in result.ood_report["source"]
+    assert result.ood_report["data"]["eval"]["tokens"] > 0
+
+
+def test_transform_code_can_be_distilled_and_is_stored_half_precision(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    corpus = write_corpus(tmp_path / "corpus.txt", 150)
+    options = CompressOptions(ratio=2.0, data=str(corpus), distill=True, distill_overrides=FAST)
+    result = compress_checkpoint(str(teacher), tmp_path / "out", options)
+    assert result.summary["distill"]["steps"] > 0 and (tmp_path / "out" / "distill_log.jsonl").is_file()
+    assert _dtypes(embcompress.load(tmp_path / "out")) == {torch.uint8, torch.float16}
+
+
+def test_an_encoder_gets_no_out_of_domain_column_without_ood_data(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "bert-encoder")
+    corpus = write_corpus(tmp_path / "corpus.txt", 80)
+    result = compress_model_dir(teacher, corpus)
+    assert result.ood_report is None and result.report["behaviour"] is not None
+
+
+def compress_model_dir(folder: Path, corpus: Path) -> CompressResult:
+    """The in-memory API on a loaded folder: the model is compressed in place, nothing is written."""
+    model = transformers.AutoModel.from_pretrained(str(folder))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    result = embcompress.compress_model(model, tokenizer, CompressOptions(ratio=2.0, data=str(corpus)))
+    assert isinstance(model.get_input_embeddings(), embcompress.CompressedEmbedding) and result.output is None
+    return result

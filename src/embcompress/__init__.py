@@ -42,7 +42,7 @@ from .factorize import (  # noqa: E402
 )
 from .kinds import ModelKind  # noqa: E402
 from .methods import get_method, method_names, register_method  # noqa: E402
-from .modules import FactorizedEmbedding, FactorizedLinear  # noqa: E402
+from .modules import CompressedEmbedding, FactorizedEmbedding, FactorizedLinear  # noqa: E402
 from .report import ReportOptions, build_report  # noqa: E402
 from .sources import LoadOptions, load_source  # noqa: E402
 from .surgery import densify  # noqa: E402
@@ -54,6 +54,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CompressOptions",
     "CompressResult",
+    "CompressedEmbedding",
     "CompressionConfig",
     "CompressionResult",
     "DistillConfig",

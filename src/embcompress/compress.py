@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from .allocation import RankBucket, greedy_ranks
-from .checkpoint import check_output_dir, write_checkpoint
+from .checkpoint import check_output_dir, write_checkpoint, write_json
 from .data import count_tokens, iter_documents, split_documents
 from .distill import DistillConfig, distill_model, make_accelerator
 from .distill.model_utils import max_positions
@@ -37,13 +38,14 @@ from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
 from .frequency import weights_from_counts
-from .kinds import ModelKind, model_kind
+from .kinds import ModelKind, detect_kind, model_kind
 from .methods import get_method
 from .methods.grouped import bucket_params
 from .options import Options, require
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
+from .selftext import head_input_moment, sample_documents, sample_ids
 from .sizes import DENSE, layout_bytes
 from .sources import LoadOptions, load_source
 from .spectral import weighted_singular_values
@@ -54,6 +56,12 @@ logger = logging.getLogger(__name__)
 DENSE_CANDIDATES = (0, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000)
 #: Smallest rank worth keeping for the low-rank rows.
 MIN_TAIL_RANK = 8
+#: Self-sampled text of the transform code's calibration metric (documents x tokens).
+CALIBRATION_DOCS, CALIBRATION_TOKENS = 32, 128
+#: Self-sampled text of the out-of-domain column when no --ood-data is given (documents x tokens).
+OOD_DOCS, OOD_TOKENS = 40, 128
+#: The out-of-domain report, beside ``embcompress_report.json``.
+OOD_REPORT_NAME = "embcompress_report_ood.json"
 #: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
 DEFAULT_MINUTES = {ModelKind.ENCODER: 15.0, ModelKind.MASKED_LM: 20.0, ModelKind.CAUSAL_LM: 40.0}
 
@@ -63,11 +71,16 @@ class CompressOptions(Options):
     """What ``embcompress compress`` does.
 
     Attributes:
-        ratio: Target compression of the embedding's stored bytes (fp32 dense = 1).
-        data: Training text (file, folder, JSONL, parquet); ``None``: data-free.
+        ratio: Target compression of the embedding's stored bytes (fp32 dense = 1; 8 is per-row int4's size).
+        domain: Frequency-bucket layout planned on ``data``'s token counts (wins on text like ``data``,
+            loses on other text) instead of the default transform code, which does not depend on the text.
+        data: Text (file, folder, JSONL, parquet): the report's held-out split, distillation, and in
+            domain mode the token counts; ``None``: data-free.
         eval_data: Text the report is measured on (default: the held-out split of ``data``).
+        ood_data: Text of another kind for the out-of-domain column (default for causal LMs: text the
+            original model samples itself; encoders get no such column without it).
         max_minutes: Distillation budget (default per model kind: :data:`DEFAULT_MINUTES`).
-        distill: Run the distillation step.
+        distill: Run the distillation step (``None``: in domain mode; the transform code needs none).
         heldout_fraction: Share of ``data`` documents never trained on (distillation's early
             stopping and the report use them).
         seed: Seed of the fit, the data order and the sampling.
@@ -78,10 +91,12 @@ class CompressOptions(Options):
     """
 
     ratio: float = 8.0
+    domain: bool = False
     data: str | None = None
     eval_data: str | None = None
+    ood_data: str | None = None
     max_minutes: float | None = None
-    distill: bool = True
+    distill: bool | None = None
     heldout_fraction: float = 0.1
     seed: int = 0
     text_field: str | None = None
@@ -100,10 +115,15 @@ class CompressOptions(Options):
             value = getattr(self, name)
             require(value is None or value >= 0, name, f"must be >= 0, got {value}")
 
+    @property
+    def distilling(self) -> bool:
+        """Whether the recipe distils: as asked, else only in domain mode."""
+        return self.domain if self.distill is None else self.distill
+
     def check(self) -> None:
         """:meth:`validate`, and the data files hold text (before any model is loaded)."""
         self.validate()
-        for path in (self.data, self.eval_data):
+        for path in (self.data, self.eval_data, self.ood_data):
             if path is not None:
                 check_data(path, DistillConfig(text_field=self.text_field))
 
@@ -262,22 +282,32 @@ def prior_counts(rows: int) -> torch.Tensor:
 # -- pipeline ---------------------------------------------------------------------------------------
 @dataclass
 class CompressResult:
-    """What :func:`compress_model` did (``output``: where :func:`compress_checkpoint` wrote it)."""
+    """What :func:`compress_model` did (``output``: where :func:`compress_checkpoint` wrote it).
 
-    layout: Layout
-    frequency_source: str
+    ``report`` is measured on the held-out split of ``data`` (or ``eval_data``), ``ood_report`` on
+    text of another kind (``ood_data``, or text the model sampled itself).
+    """
+
+    mode: str
+    layout: str
+    embedding_bytes: int
+    frequency_source: str | None
     summary: dict[str, Any]
     report: dict[str, Any] | None
+    ood_report: dict[str, Any] | None = None
     log: str = ""
     output: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "output": None if self.output is None else str(self.output),
-            "layout": self.layout.to_dict(),
+            "mode": self.mode,
+            "layout": self.layout,
+            "embedding_bytes": self.embedding_bytes,
             "frequency_source": self.frequency_source,
             "summary": self.summary,
             "report": self.report,
+            "out_of_domain": self.ood_report,
         }
 
 
@@ -330,10 +360,11 @@ def _report_options(options: CompressOptions) -> ReportOptions:
 
 
 def final_module_stats(
-    student: nn.Module, teacher: nn.Module, modules: list[dict[str, Any]], counts: torch.Tensor
+    student: nn.Module, teacher: nn.Module, modules: list[dict[str, Any]], counts: torch.Tensor | None = None
 ) -> list[dict[str, Any]]:
-    """Module statistics re-measured on the final (distilled, re-stored) factors."""
-    weights = weights_from_counts(counts.float(), 0.5, 0.1)
+    """Module statistics re-measured on the final (distilled, re-stored) factors (frequency-weighted
+    errors when ``counts`` are given)."""
+    weights = weights_from_counts(counts.float(), 0.5, 0.1) if counts is not None else None
     out = []
     for stats in modules:
         if stats.get("tied_to"):
@@ -349,22 +380,55 @@ def final_module_stats(
 
 def check_model(model: nn.Module, options: CompressOptions) -> DistillConfig | None:
     """Checks that need the model but touch nothing; the distillation settings when distilling."""
-    return distill_config(model, options) if options.distill else None
+    model_kind(model, "compress")
+    return distill_config(model, options) if options.distilling else None
 
 
-def _factorize(model: nn.Module, counts: torch.Tensor, layout: Layout, seed: int, reporter: Reporter) -> dict[str, Any]:
-    """Fit the grouped float factors in place; the summary of ``embcompress factorize``."""
-    rows, cols = model.get_input_embeddings().weight.shape
-    options = FactorizeOptions(
+def _domain_factorize(
+    model: nn.Module, tokenizer: Any, options: CompressOptions, float_dtype: str, reporter: Reporter
+) -> tuple[dict[str, Any], Layout, torch.Tensor, str]:
+    """Domain mode: frequency buckets planned on ``data``'s token counts, grouped factors fitted in place."""
+    weight = model.get_input_embeddings().weight
+    with reporter.stage("counting token frequencies"):
+        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
+    with reporter.stage("choosing the layout"):
+        layout = plan_layout(weight, counts, options)
+    rows, cols = weight.shape
+    fopts = FactorizeOptions(
         method="grouped",
         rank=rank_limit(rows, cols, get_method("grouped")),
-        factor_dtype="float32",
-        seed=seed,
+        factor_dtype=float_dtype,
+        seed=options.seed,
         method_options=layout.method_options(),
     )
     with reporter.stage("fitting the grouped factors"):
-        result = factorize_model(model, options, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
-    return {**result.to_dict(), "options": options.to_dict()}
+        result = factorize_model(model, fopts, row_weights=weights_from_counts(counts.float(), 0.5, 0.1))
+    return {**result.to_dict(), "options": fopts.to_dict()}, layout, counts, origin
+
+
+def calibration_metric(model: nn.Module, tokenizer: Any, options: CompressOptions) -> torch.Tensor | None:
+    """The error metric of the transform code: for a causal LM, ``E[h h^T]`` of the hidden states its head
+    sees on text it samples itself (nothing from the user); ``None`` (plain squared error) otherwise."""
+    if detect_kind(model) != ModelKind.CAUSAL_LM or model.get_output_embeddings() is None or tokenizer is None:
+        return None
+    ids = sample_ids(model, tokenizer, CALIBRATION_DOCS, CALIBRATION_TOKENS, seed=options.seed)
+    return head_input_moment(model, ids)
+
+
+def _robust_factorize(
+    model: nn.Module, tokenizer: Any, options: CompressOptions, float_dtype: str, reporter: Reporter
+) -> tuple[dict[str, Any], str]:
+    """Default mode: the transform code within ``dense bytes / ratio``, independent of any text."""
+    with reporter.stage("sampling calibration text from the model"):
+        metric = calibration_metric(model, tokenizer, options)
+    fopts = FactorizeOptions(method="transform", ratio=options.ratio, factor_dtype=float_dtype, seed=options.seed)
+    with reporter.stage("transform-coding the embeddings"):
+        result = factorize_model(model, fopts, metric=metric)
+    groups = model.get_input_embeddings().spec.options["groups"]
+    layout = "transform code: " + " + ".join(f"{n} components x {b} bits" for n, b in groups)
+    if metric is not None:
+        layout += f" (error measured in E[h h^T] of {CALIBRATION_DOCS * CALIBRATION_TOKENS} self-sampled tokens)"
+    return {**result.to_dict(), "options": fopts.to_dict()}, layout
 
 
 def compress_model(
@@ -375,21 +439,26 @@ def compress_model(
     device: str = "cpu",
     reporter: Reporter | None = None,
 ) -> CompressResult:
-    """Run the recipe on ``model`` in place: factorize -> distill -> int8 factors -> report.
+    """Run the recipe on ``model`` in place: compress -> (distill) -> final storage -> reports.
 
-    The teacher is a copy of ``model`` taken before anything changes; options and the model are
-    checked before that. ``model_name`` names the teacher in the summary and the report.
+    Default: the transform code, which needs no text. ``options.domain``: frequency buckets planned on
+    ``options.data``. The teacher is a copy of ``model`` taken before anything changes; options and the
+    model are checked before that. ``model_name`` names the teacher in the summary and the reports.
     """
     reporter = reporter or LoggingReporter()
     options.check()
     config = check_model(model, options)
-    weight = model.get_input_embeddings().weight
-    with reporter.stage("counting token frequencies"):
-        counts, origin = frequency_counts(tokenizer, options, weight.shape[0])
-    with reporter.stage("choosing the layout"):
-        layout = plan_layout(weight, counts, options)
     teacher = copy.deepcopy(model)
-    summary = {**_factorize(model, counts, layout, options.seed, reporter), "source": model_name}
+    final_dtype = "int8" if options.domain else "float16"
+    train_dtype = "float32" if config is not None else final_dtype
+    counts, origin = None, None
+    if options.domain:
+        summary, plan, counts, origin = _domain_factorize(model, tokenizer, options, train_dtype, reporter)
+        layout = f"{plan.describe()} (tokens by frequency), int8"
+        summary["buckets"] = plan.to_dict()
+    else:
+        summary, layout = _robust_factorize(model, tokenizer, options, train_dtype, reporter)
+    summary["source"] = model_name
     log = ""
     if config is not None:
         result = distill_model(
@@ -399,12 +468,20 @@ def compress_model(
         summary["distill"] = {**result.to_dict(), "config": config.to_dict(), "teacher": model_name}
         summary["distill"]["data"] = options.data
         log = result.log
-    with reporter.stage("storing the factors as int8"):
-        convert_factor_dtype(model, "int8")
-    report = _report(model, teacher, tokenizer, options, model_name, reporter) if options.report else None
-    summary["recipe"] = {"options": options.to_dict(), "layout": layout.to_dict(), "frequency": origin}
+    if train_dtype != final_dtype:
+        with reporter.stage(f"storing the factors as {final_dtype}"):
+            convert_factor_dtype(model, final_dtype)
+    summary["recipe"] = {"options": options.to_dict(), "layout": layout, "frequency": origin}
+    if options.domain:
+        summary["recipe"]["buckets"] = summary.pop("buckets")
     summary["modules"] = final_module_stats(model, teacher, summary.get("modules", []), counts)
-    return CompressResult(layout, origin, summary, report, log)
+    embedding_bytes = sum(m["bytes_after"] for m in summary["modules"])
+    report = ood = None
+    if options.report:
+        report = _report(model, teacher, tokenizer, options, model_name, reporter)
+        ood = _ood_report(model, teacher, tokenizer, options, model_name, reporter)
+    mode = "domain" if options.domain else "robust"
+    return CompressResult(mode, layout, embedding_bytes, origin, summary, report, ood, log)
 
 
 def _report(
@@ -422,6 +499,66 @@ def _report(
     )
 
 
+def _ood_report(
+    student: nn.Module, teacher: nn.Module, tokenizer: Any, options: CompressOptions, name: str, reporter: Reporter
+) -> dict[str, Any] | None:
+    """The same comparison on text of another kind: ``ood_data``, or for causal LMs text the teacher samples."""
+    if options.ood_data is None and (tokenizer is None or detect_kind(teacher) != ModelKind.CAUSAL_LM):
+        return None
+    with tempfile.TemporaryDirectory() as work:
+        path = options.ood_data
+        if path is None:
+            with reporter.stage("sampling out-of-domain text from the original model"):
+                docs = sample_documents(teacher, tokenizer, OOD_DOCS, OOD_TOKENS, seed=options.seed + 1)
+            path = str(Path(work) / "self-sampled.txt")
+            Path(path).write_text("\n\n".join(docs) + "\n")
+        ood_options = ReportOptions(eval=EvalOptions(), speed=False, text_field=options.text_field)
+        try:
+            report = build_report(student, teacher, tokenizer, path, ood_options, reporter=reporter)
+        except EmbcompressError as exc:
+            if options.ood_data is not None:
+                raise
+            logger.warning("no out-of-domain column: the self-sampled text could not be evaluated (%s)", exc)
+            return None
+    keep = ("data", "task", "behaviour", "references", "glance")
+    out = {k: report[k] for k in keep}
+    out["source"] = options.ood_data or f"{OOD_DOCS} documents of {OOD_TOKENS} tokens sampled from {name}"
+    return out
+
+
+def domain_warning(result: CompressResult) -> str | None:
+    """Domain mode's one-line warning with its measured out-of-domain cost (``None`` in robust mode)."""
+    if result.mode != "domain":
+        return None
+    ood = result.ood_report
+    if ood is None or ood.get("behaviour") is None:
+        return (
+            "warning: domain mode plans bytes on the token counts of --data; on other text it can lose to "
+            "4-bit quantization. Pass --ood-data to measure that cost."
+        )
+    glance = ood["glance"]
+    rows = {r["name"]: r["value"] for r in glance["rows"]}
+    better = "higher" if glance["higher_is_better"] else "lower"
+    return (
+        f"warning: domain mode; on out-of-domain text ({ood['source']}) {glance['metric']} is "
+        f"{rows['student']:.4g} against Q4_0's {rows.get('q4_0', float('nan')):.4g} and per-row int4's "
+        f"{rows.get('int4', float('nan')):.4g} ({better} is better)"
+    )
+
+
+def quality_markdown(result: CompressResult) -> str | None:
+    """The model card's quality section: the in-domain and out-of-domain at-a-glance tables."""
+    parts = []
+    if result.report is not None:
+        parts.append(glance_markdown(result.report))
+    if result.ood_report is not None and result.ood_report.get("behaviour") is not None:
+        parts.append(f"Out of domain: {result.ood_report['source']}.\n\n{glance_markdown(result.ood_report)}")
+    warning = domain_warning(result)
+    if warning:
+        parts.append(f"**{warning}**")
+    return "\n\n".join(parts) if parts else None
+
+
 def compress_checkpoint(
     model_name: str,
     out: str | Path,
@@ -430,7 +567,7 @@ def compress_checkpoint(
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> CompressResult:
-    """Load ``model_name`` once, :func:`compress_model` it, and write the checkpoint (with its report,
+    """Load ``model_name`` once, :func:`compress_model` it, and write the checkpoint (with its reports,
     model card and distillation log) to ``out`` atomically.
 
     Options, data and output are checked before any model is loaded; ``out`` appears only when
@@ -444,14 +581,15 @@ def compress_checkpoint(
     source, model, tokenizer = load_source(model_name, load, reporter)
     result = compress_model(model, tokenizer, options, source.name, load.device, reporter)
     result.output = out_path
-    quality = glance_markdown(result.report) if result.report is not None else None
 
     def extra(folder: Path) -> None:
         if result.report is not None:
             write_report(folder, result.report)
+        if result.ood_report is not None:
+            write_json(folder / OOD_REPORT_NAME, result.ood_report)
         if result.log:
             (folder / LOG_NAME).write_text(result.log)
 
     with reporter.stage(f"writing {out_path}"):
-        write_checkpoint(model, out_path, source, tokenizer, result.summary, overwrite, extra, quality)
+        write_checkpoint(model, out_path, source, tokenizer, result.summary, overwrite, extra, quality_markdown(result))
     return result

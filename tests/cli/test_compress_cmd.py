@@ -31,10 +31,11 @@ def test_compress_prints_the_report_with_int8_int4_rows(tmp_path: Path, teacher:
     torch.set_num_threads(1)
     corpus = write_corpus(tmp_path / "corpus.txt", 150)
     code, out, err = run(
-        "compress", teacher, "--ratio", "2", "--data", corpus, "--max-minutes", "0.02", "-o", tmp_path / "o"
+        "compress", teacher, "--ratio", "2", "--domain", "--data", corpus, "--max-minutes", "0.02", "-o", tmp_path / "o"
     )
     assert code == 0, err
-    assert "layout (tokens by frequency)" in out and "int4" in out and "int8" in out and "wrote" in out
+    assert "(tokens by frequency)" in out and "int4" in out and "q4_0" in out and "wrote" in out
+    assert "warning: domain mode" in out
     assert embcompress.load(tmp_path / "o") is not None
     code, _, err = run("compress", teacher, "--ratio", "2", "--no-distill", "-o", tmp_path / "o")
     assert code != 0 and "already exists" in err
@@ -49,16 +50,18 @@ def test_compress_json_is_machine_readable(tmp_path: Path, teacher: Path) -> Non
     result = json.loads(out)
     assert result["output"] == str(tmp_path / "o")
     assert result["report"]["glance"]["metric"] == "kl"
-    assert result["layout"]["nbytes"] == result["report"]["size"]["embedding"]["bytes_after"]
+    assert result["mode"] == "robust" and result["layout"].startswith("transform code:")
+    assert result["embedding_bytes"] == result["report"]["size"]["embedding"]["bytes_after"]
 
 
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--ratio", "0.5"], "--ratio must be above 1"),
-        (["--ratio", "50"], "--ratio is too high for a 96x16 embedding"),
+        (["--ratio", "50", "--domain"], "--ratio is too high for a 96x16 embedding"),
+        (["--ratio", "50"], "leaves no bits for the codes"),
         (["--data", "/no/such/text"], "/no/such/text"),
-        (["--dense-rows", "10", "--tail-rank", "99"], "--tail-rank must be between 1 and 16, got 99"),
+        (["--domain", "--dense-rows", "10", "--tail-rank", "99"], "--tail-rank must be between 1 and 16, got 99"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, teacher: Path, extra: list[str], needle: str) -> None:

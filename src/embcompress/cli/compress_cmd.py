@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from ..checkpoint import check_outside_input
-from ..compress import CompressOptions, CompressResult, compress_checkpoint
+from ..compress import CompressOptions, CompressResult, compress_checkpoint, domain_warning
+from ..report.tables import glance_table
 from ..sizes import mb
 from ..sources import LoadOptions
 from . import app
@@ -25,7 +26,7 @@ from ._common import (
     setup_logging,
     stdout,
 )
-from .report import emit
+from .report import emit, rich_table
 
 _default = CompressOptions.default
 
@@ -40,16 +41,26 @@ def compress(
         "--ratio",
         help="Target size of the embedding vs fp32: 4 is int8's size, ~8 int4's, 16 half of int4's.",
     ),
+    domain: bool = typer.Option(
+        _default("domain"),
+        "--domain",
+        help="Plan bytes on --data's token counts (frequency buckets): wins on text like --data, loses on others.",
+    ),
     data: str | None = typer.Option(
-        None, "--data", "-d", help="Training text (file, folder, JSONL, parquet): frequencies and distillation."
+        None, "--data", "-d", help="Text (file, folder, JSONL, parquet): report split, distillation, --domain counts."
     ),
     eval_data: str | None = typer.Option(None, help="Text for the report (default: the held-out split of --data)."),
+    ood_data: str | None = typer.Option(
+        None, help="Text of another kind for the out-of-domain column (default for LMs: text the model samples)."
+    ),
     max_minutes: float | None = typer.Option(
         _default("max_minutes"),
         help="Distillation budget in minutes (default: 15 for encoders, 20 masked LMs, 40 causal LMs).",
     ),
-    distill: bool = typer.Option(
-        _default("distill"), "--distill/--no-distill", help="Distil the factors towards the original."
+    distill: bool | None = typer.Option(
+        _default("distill"),
+        "--distill/--no-distill",
+        help="Distil towards the original (default: with --domain only; the transform code needs none).",
     ),
     dense_rows: int | None = typer.Option(None, help="Fix the number of most frequent tokens kept whole."),
     tail_rank: int | None = typer.Option(None, help="Fix the rank of the other tokens (with --dense-rows)."),
@@ -65,12 +76,14 @@ def compress(
     json_out: JsonOut = False,
     verbose: Verbose = False,
 ) -> None:
-    """Compress the token embeddings of MODEL ~RATIO times: frequency-aware factors, distillation, int8."""
+    """Compress the token embeddings of MODEL ~RATIO times; report against 4/8-bit quantization in and out of domain."""
     setup_logging(verbose)
     options = CompressOptions(
         ratio=ratio,
+        domain=domain,
         data=data,
         eval_data=eval_data,
+        ood_data=ood_data,
         max_minutes=max_minutes,
         distill=distill,
         heldout_fraction=heldout_fraction,
@@ -91,12 +104,17 @@ def compress(
 
 
 def show(result: CompressResult) -> None:
-    """Layout, the report (verdict and tables) and where the checkpoint went."""
-    layout = result.layout
-    stdout.print(
-        f"layout (tokens by frequency): {layout.describe()}, int8 ({mb(layout.nbytes)}); "
-        f"frequencies from {result.frequency_source}"
-    )
+    """Layout, the reports (in domain and out of domain: verdicts and tables) and where the checkpoint went."""
+    source = f"; frequencies from {result.frequency_source}" if result.frequency_source else ""
+    stdout.print(f"{result.layout} ({mb(result.embedding_bytes)}){source}")
     if result.report is not None:
         emit(result.report, "rich")
+    if result.ood_report is not None and result.ood_report.get("behaviour") is not None:
+        stdout.print(
+            f"[bold]Out of domain[/] ({result.ood_report['source']}): {result.ood_report['glance']['verdict']}"
+        )
+        stdout.print(rich_table(glance_table(result.ood_report)))
+    warning = domain_warning(result)
+    if warning:
+        stdout.print(f"[yellow]{warning}[/]")
     stdout.print(f"wrote [bold]{result.output}[/]")
