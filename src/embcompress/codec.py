@@ -39,6 +39,7 @@ NF4_LEVELS: tuple[float, ...] = (
 GAUSS_DISTORTION: tuple[float, ...] = (
     1.0, 0.3634, 0.1175, 0.03454, 0.009497, 0.002499, 0.000642, 0.000163, 0.0000410,
 )  # fmt: skip
+SAMPLE = 1 << 18  # values per group the codebook k-means sees
 BAND = 8  # components per allocation band: n * bits is then a whole number of bytes for every bit width
 
 
@@ -268,13 +269,16 @@ def _sample(n: int, k: int) -> torch.Tensor:
 def _fit_codebooks(
     u: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, groups: list[tuple[int, int]]
 ) -> list[torch.Tensor]:
-    """One k-means codebook per group on the normalised values, weighted by the squared total scale."""
+    """One k-means codebook per group on (a fixed-size sample of) the normalised values.
+
+    Values are weighted by their squared total scale, so the codebook minimises the error of ``z`` itself.
+    """
     books, start = [], 0
-    rows = _sample(u.shape[0], 200_000 // max(1, min(n for n, _ in groups)))
     for n, b in groups:
-        part = u[rows, start : start + n]
-        w = (row_scale[rows, None] * comp_scale[None, start : start + n]) ** 2
-        books.append(kmeans_1d(part, w.expand_as(part), 2**b).half())
+        pick = _sample(u.shape[0] * n, SAMPLE)
+        r, c = pick // n, start + pick % n
+        w = (row_scale[r] * comp_scale[c]) ** 2
+        books.append(kmeans_1d(u[r, c], w, 2**b).half())
         start += n
     return books
 

@@ -45,7 +45,7 @@ from .options import Options, require
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
-from .selftext import head_input_moment, sample_documents, sample_ids
+from .selftext import head_input_moment, pooled_sensitivity, random_ids, sample_documents, sample_ids
 from .sizes import DENSE, layout_bytes
 from .sources import LoadOptions, load_source
 from .spectral import weighted_singular_values
@@ -406,28 +406,41 @@ def _domain_factorize(
     return {**result.to_dict(), "options": fopts.to_dict()}, layout, counts, origin
 
 
-def calibration_metric(model: nn.Module, tokenizer: Any, options: CompressOptions) -> torch.Tensor | None:
-    """The error metric of the transform code: for a causal LM, ``E[h h^T]`` of the hidden states its head
-    sees on text it samples itself (nothing from the user); ``None`` (plain squared error) otherwise."""
-    if detect_kind(model) != ModelKind.CAUSAL_LM or model.get_output_embeddings() is None or tokenizer is None:
-        return None
-    ids = sample_ids(model, tokenizer, CALIBRATION_DOCS, CALIBRATION_TOKENS, seed=options.seed)
-    return head_input_moment(model, ids)
+def calibration_metric(model: nn.Module, tokenizer: Any, options: CompressOptions) -> tuple[torch.Tensor | None, str]:
+    """The error metric of the transform code and how it was measured, from nothing the user gives.
+
+    * An LM head (tied or not): ``E[h h^T]`` of the hidden states it sees -- on text a causal LM samples
+      itself, on random tokens for a masked LM -- since a row's logit error is ``h . (e - e_hat)``.
+    * A bare encoder: ``E[J^T J]``, ``J`` the sensitivity of the normalised mean-pooled output to an input
+      embedding, on random tokens (measured close to the same metric on real text; see docs/compress.md).
+    """
+    vocab = model.get_input_embeddings().weight.shape[0]
+    tokens = min(CALIBRATION_TOKENS, (max_positions(model) or CALIBRATION_TOKENS + 2) - 2)
+    causal = detect_kind(model) == ModelKind.CAUSAL_LM and tokenizer is not None
+    if model.get_output_embeddings() is not None:
+        if causal:
+            ids = sample_ids(model, tokenizer, CALIBRATION_DOCS, tokens, seed=options.seed)
+            where = f"{ids[:, 1:].numel()} tokens the model sampled itself"
+        else:
+            ids = random_ids(tokenizer, vocab, CALIBRATION_DOCS, tokens, seed=options.seed)
+            where = f"{ids.numel()} random tokens"
+        return head_input_moment(model, ids), f"E[h h^T] of the LM head's input on {where}"
+    ids = random_ids(tokenizer, vocab, CALIBRATION_DOCS, tokens, seed=options.seed)
+    return pooled_sensitivity(model, ids), f"pooled-output sensitivity on {ids.numel()} random tokens"
 
 
 def _robust_factorize(
     model: nn.Module, tokenizer: Any, options: CompressOptions, float_dtype: str, reporter: Reporter
 ) -> tuple[dict[str, Any], str]:
     """Default mode: the transform code within ``dense bytes / ratio``, independent of any text."""
-    with reporter.stage("sampling calibration text from the model"):
-        metric = calibration_metric(model, tokenizer, options)
+    with reporter.stage("measuring the error metric"):
+        metric, measured = calibration_metric(model, tokenizer, options)
     fopts = FactorizeOptions(method="transform", ratio=options.ratio, factor_dtype=float_dtype, seed=options.seed)
     with reporter.stage("transform-coding the embeddings"):
         result = factorize_model(model, fopts, metric=metric)
     groups = model.get_input_embeddings().spec.options["groups"]
     layout = "transform code: " + " + ".join(f"{n} components x {b} bits" for n, b in groups)
-    if metric is not None:
-        layout += f" (error measured in E[h h^T] of {CALIBRATION_DOCS * CALIBRATION_TOKENS} self-sampled tokens)"
+    layout += f"; error metric: {measured}"
     return {**result.to_dict(), "options": fopts.to_dict()}, layout
 
 

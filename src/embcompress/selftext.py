@@ -86,3 +86,40 @@ def head_input_moment(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) 
     finally:
         handle.remove()
     return moment / max(count, 1)
+
+
+def random_ids(tokenizer: Any, vocab_size: int, documents: int = 64, tokens: int = 126, seed: int = 0) -> torch.Tensor:
+    """``documents x (tokens + 2)`` ids: uniformly random non-special tokens framed by the tokenizer's
+    ``[CLS]``/``[SEP]`` (or bos/eos), for models that cannot write text (encoders)."""
+    special = set(tokenizer.all_special_ids) if tokenizer is not None else set()
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in special])
+    gen = torch.Generator().manual_seed(seed)
+    body = allowed[torch.randint(0, len(allowed), (documents, tokens), generator=gen)]
+    first = getattr(tokenizer, "cls_token_id", None) or getattr(tokenizer, "bos_token_id", None)
+    last = getattr(tokenizer, "sep_token_id", None) or getattr(tokenizer, "eos_token_id", None)
+    parts = [torch.full((documents, 1), t) for t in (first,) if t is not None]
+    parts += [body] + [torch.full((documents, 1), t) for t in (last,) if t is not None]
+    return torch.cat(parts, 1)
+
+
+def pooled_sensitivity(model: nn.Module, ids: torch.Tensor, probes: int = 4, batch_size: int = 16) -> torch.Tensor:
+    """``E[J^T J]`` (``H x H``, float64) of ``J`` = d(normalised mean-pooled output) / d(input embedding of a
+    token), Hutchinson-estimated with ``probes`` random directions: the error metric of an encoder's
+    embedding, since ``|pooled error|^2 ~ tr(M Sigma_err)`` and ``1 - cos ~ |pooled error|^2 / 2``."""
+    emb = model.get_input_embeddings()
+    hidden = emb.weight.shape[1]
+    total = torch.zeros(hidden, hidden, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    count = 0
+    for first in range(0, ids.shape[0], batch_size):
+        batch = ids[first : first + batch_size]
+        for _ in range(probes):
+            x = emb(batch).detach().requires_grad_(True)
+            out = model(inputs_embeds=x)
+            states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            pooled = torch.nn.functional.normalize(states.mean(1), dim=-1)
+            probe = (pooled * torch.randn(pooled.shape, generator=gen)).sum()
+            grads = torch.autograd.grad(probe, x)[0].reshape(-1, hidden).double()  # parameters' .grad untouched
+            total += grads.T @ grads
+        count += batch.shape[0] * probes
+    return total / max(count, 1)
