@@ -214,32 +214,6 @@ def _principal_basis(x: torch.Tensor, metric: torch.Tensor | None, ridge: float)
     return vecs[:, order].T @ inv_root, vals[order].clamp_min(0)
 
 
-def allocate_bits(variances: torch.Tensor, budget_bits: int, max_bits: int = 8) -> list[int]:
-    """Greedy reverse water-filling: integer bits per band of :data:`BAND` components.
-
-    Args:
-        variances: per-component variances (descending), length a multiple of :data:`BAND`.
-        budget_bits: code bits available per row.
-        max_bits: largest bit width of a band.
-
-    Returns:
-        bits per band (non-increasing), whose total ``sum(bits) * BAND`` is at most ``budget_bits``.
-    """
-    band_var = variances.double().reshape(-1, BAND).mean(-1)
-    bits = [0] * band_var.numel()
-    spent = 0
-    while True:
-        gains = [
-            band_var[i].item() * (GAUSS_DISTORTION[b] - GAUSS_DISTORTION[b + 1]) if b < max_bits else -1.0
-            for i, b in enumerate(bits)
-        ]
-        best = max(range(len(bits)), key=gains.__getitem__)
-        if gains[best] <= 0 or spent + BAND > budget_bits:
-            return bits
-        bits[best] += 1
-        spent += BAND
-
-
 def _groups(bits: list[int]) -> list[tuple[int, int]]:
     """Runs of equal bits (bands are in descending variance order) as ``(components, bits)``, zero-bit tail cut."""
     out: list[tuple[int, int]] = []
