@@ -207,6 +207,7 @@ def plan(
         spec = _spec(found, role, options, 1, method)
         if method.byte_budget:
             spec.options["target_bytes"] = method.target_bytes(spec, options.ratio, options.method_config)
+            method.check_spec(spec)
             specs.append(spec)
             continue
         budget = options.budget_for(role)

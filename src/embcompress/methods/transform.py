@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: Rows decoded at a time by the LM-head product (bounds its temporary memory).
 HEAD_CHUNK = 8192
 FLOAT_NAMES = ("mean", "basis", "comp_scale", "row_scale")
+_FLOAT_ONLY = (
+    "transform stores float scales and codebooks: factor dtype '{}' is not allowed; use float16, bfloat16 or float32"
+)
 
 
 @dataclass
@@ -83,7 +86,7 @@ class TransformCodedEmbedding(CompressedEmbedding):
         self.groups = groups_of(spec)
         store = dtype_from_name(spec.factor_dtype)
         if not store.is_floating_point:
-            raise EmbcompressError("transform stores float scales and codebooks; use float16, bfloat16 or float32")
+            raise EmbcompressError(_FLOAT_ONLY.format(spec.factor_dtype))
         rows, cols, k = spec.num_embeddings, spec.embedding_dim, sum(n for n, _ in self.groups)
         shapes = {"mean": (cols,), "basis": (k, cols), "comp_scale": (k,), "row_scale": (rows,)}
         for name, shape in shapes.items():
@@ -170,6 +173,10 @@ class TransformMethod(FactorizationMethod):
     @property
     def module_class(self) -> type[CompressedEmbedding]:
         return TransformCodedEmbedding
+
+    def check_spec(self, spec: ModuleSpec) -> None:
+        if not dtype_from_name(spec.factor_dtype).is_floating_point:
+            raise EmbcompressError(_FLOAT_ONLY.format(spec.factor_dtype))
 
     def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> CompressedEmbedding:
         opts = self.options_of(ctx, spec)
