@@ -24,12 +24,16 @@ from helpers.models import forward_logits, make_tiny
 
 
 @pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "bert-encoder"])
-@pytest.mark.parametrize("method", ["svd", "grouped"])
-@pytest.mark.parametrize("factor_dtype", ["int8", "float32"])
-def test_torch_export_matches_eager(name: str, method: str, factor_dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "factor_dtype"),
+    [("svd", "int8"), ("svd", "float32"), ("grouped", "int8"), ("grouped", "float32"), ("transform", None)],
+)
+def test_torch_export_matches_eager(name: str, method: str, factor_dtype: str | None) -> None:
     model = make_tiny(name)
-    weights = torch.rand(96) + 0.1 if get_method(method).weights_use != "none" else None
-    opts = embcompress.FactorizeOptions(method=method, rank=4, factor_dtype=factor_dtype)
+    info = get_method(method)
+    weights = torch.rand(96) + 0.1 if info.weights_use != "none" else None
+    budget = {"ratio": 4.0} if info.byte_budget else {"rank": 4, "factor_dtype": factor_dtype}
+    opts = embcompress.FactorizeOptions(method=method, **budget)
     embcompress.factorize_model(model, opts, row_weights=weights)
     causal = name.startswith("llama")
     kwargs = {"use_cache": False} if causal else {}

@@ -23,11 +23,10 @@ FAST_OPTIONS = {"nonlinear": {"steps": 2}}
 
 
 def factorize(model: torch.nn.Module, method: str = "svd", factor_dtype: str = "int8", rank: int = 4) -> None:
-    uses = get_method(method).weights_use
-    weights = torch.rand(model.get_input_embeddings().num_embeddings) + 0.1 if uses != "none" else None
-    opts = embcompress.FactorizeOptions(
-        method=method, rank=rank, factor_dtype=factor_dtype, method_options=FAST_OPTIONS.get(method, {})
-    )
+    info = get_method(method)
+    weights = torch.rand(model.get_input_embeddings().num_embeddings) + 0.1 if info.weights_use != "none" else None
+    budget = {"ratio": 4.0} if info.byte_budget else {"rank": rank, "factor_dtype": factor_dtype}
+    opts = embcompress.FactorizeOptions(method=method, method_options=FAST_OPTIONS.get(method, {}), **budget)
     embcompress.factorize_model(model, opts, row_weights=weights)
 
 
@@ -67,6 +66,9 @@ def test_every_registered_module_class_exports(method: str, tmp_path: Path) -> N
     assert isinstance(model.get_input_embeddings(), get_method(method).module_class)
     result = export_model_onnx(model, tmp_path / "model.onnx")
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4, method
+    # what the model stores (compressed factors as stored, the rest dense) plus small traced constants
+    stored = {id(t): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+    assert sum(result.initializers.values()) < 1.05 * sum(stored.values()) + 4096, method
 
 
 def test_grouped_bucket_missing_from_trace_input_survives(tmp_path: Path) -> None:

@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
 ONNX_NAME = "model.onnx"
-#: ONNX opset of the export (LayerNormalization needs 17).
-OPSET = 17
+#: ONNX opset of the export (LayerNormalization needs 17, integer BitwiseAnd for packed codes 18).
+OPSET = 18
 _INSTALL = "pip install 'embcompress[onnx]'"
 
 
