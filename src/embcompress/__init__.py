@@ -43,6 +43,7 @@ from .factorize import (  # noqa: E402
 from .kinds import ModelKind  # noqa: E402
 from .methods import get_method, method_names, register_method  # noqa: E402
 from .modules import CompressedEmbedding, FactorizedEmbedding, FactorizedLinear  # noqa: E402
+from .onnx_export import export_onnx  # noqa: E402
 from .report import ReportOptions, build_report  # noqa: E402
 from .sources import LoadOptions, load_source  # noqa: E402
 from .surgery import densify  # noqa: E402
@@ -75,6 +76,7 @@ __all__ = [
     "distill_checkpoint",
     "distill_model",
     "export_dense",
+    "export_onnx",
     "factorize_checkpoint",
     "factorize_model",
     "get_method",

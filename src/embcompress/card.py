@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .sizes import mb
+from .sources import ALIASES
 from .version import __version__
 
 
@@ -49,12 +50,6 @@ def distill_section(distill: dict[str, Any]) -> str:
     )
 
 
-#: Hub ids of the offline aliases (to move into ``sources.PackagedModel`` as a ``hub_id`` field).
-ALIAS_HUB_IDS = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
-
 #: ``pipeline_tag`` by model kind (``ModelKind`` values); sentence-transformers layouts use sentence-similarity.
 PIPELINE_TAGS = {"causal-lm": "text-generation", "masked-lm": "fill-mask", "encoder": "feature-extraction"}
 
@@ -63,8 +58,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def base_model_id(source: str) -> str | None:
     """The Hub id of ``source`` (an alias's real id, or the name itself when it looks like one), else ``None``."""
-    if source in ALIAS_HUB_IDS:
-        return ALIAS_HUB_IDS[source]
+    if source in ALIASES:
+        return ALIASES[source].hub_id
     if _HUB_ID.match(source) and not Path(source).expanduser().exists():
         return source
     return None

