@@ -1,4 +1,7 @@
-"""Quality per byte: embcompress's ``compress`` presets side by side with per-row int8 / int4.
+"""Quality per byte of ``compress --domain`` (the frequency-bucket recipe) beside per-row int8 / int4.
+
+Superseded as the headline benchmark by ``quality_anytext.py`` (the default, text-independent mode against
+the deployed 4-bit formats on three corpora); kept to reproduce the domain-mode numbers.
 
 For each packaged checkpoint (MiniLM, SmolLM2) and each preset ratio, this runs the real
 ``embcompress compress`` pipeline (library call, same code as the CLI) with the *train* side of a
@@ -107,18 +110,22 @@ def preset_row(
     """Run ``compress`` at ``ratio`` and measure the written checkpoint on every corpus."""
     out = WORK / f"qpb-{model}-{ratio:g}x"
     options = CompressOptions(
-        ratio=ratio, data=str(files["train"]), distill=minutes > 0, max_minutes=minutes or None, report=False
+        ratio=ratio,
+        domain=True,
+        data=str(files["train"]),
+        distill=minutes > 0,
+        max_minutes=minutes or None,
+        report=False,
     )
     start = time.perf_counter()
     result = compress_checkpoint(model, out, options, LoadOptions(), overwrite=True)
     seconds = time.perf_counter() - start
     student = load_compressed(out)
-    layout = result.layout
     row: dict[str, Any] = {
         "variant": f"embcompress compress --ratio {ratio:g}"
         + (f" (distill {minutes:g} min)" if minutes else " --no-distill"),
-        "layout": layout.describe(),
-        "bytes": result.layout.nbytes,
+        "layout": result.layout,
+        "bytes": result.embedding_bytes,
         "compress_seconds": round(seconds, 1),
         "distill": {k: result.summary["distill"].get(k) for k in ("steps", "tokens", "before", "after")}
         if "distill" in result.summary

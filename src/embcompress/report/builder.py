@@ -339,10 +339,10 @@ def verdict(student: dict[str, Any], refs: list[dict[str, Any]], higher: bool) -
     beaten_by = [r["name"] for r in refs if r["embedding_bytes"] <= b and _better_eq(r["value"], v, higher)]
     if beaten_by:
         names = " and ".join(beaten_by)
-        return f"{names} quantization is at least as good at no more bytes: factorization did not pay off"
+        return f"{names} quantization is at least as good at no more bytes: the compression did not pay off"
     beats = [r["name"] for r in refs if b <= r["embedding_bytes"] and _better_eq(v, r["value"], higher)]
     if beats:
-        return f"factorization beats {' and '.join(beats)} quantization at equal or fewer bytes"
+        return f"the compressed model beats {' and '.join(beats)} quantization at equal or fewer bytes"
     smaller = [r["name"] for r in refs if b < r["embedding_bytes"]]
     if smaller:
         return f"trade-off: smaller than {' and '.join(smaller)} but worse; no quantization point dominates"
