@@ -112,14 +112,14 @@ def pooled_sensitivity(model: nn.Module, ids: torch.Tensor, probes: int = 4, bat
     gen = torch.Generator().manual_seed(0)
     count = 0
     for first in range(0, ids.shape[0], batch_size):
-        batch = ids[first : first + batch_size]
+        batch = ids[first : first + batch_size].to(emb.weight.device)
         for _ in range(probes):
             x = emb(batch).detach().requires_grad_(True)
             out = model(inputs_embeds=x)
             states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             pooled = torch.nn.functional.normalize(states.mean(1), dim=-1)
-            probe = (pooled * torch.randn(pooled.shape, generator=gen)).sum()
-            grads = torch.autograd.grad(probe, x)[0].reshape(-1, hidden).double()  # parameters' .grad untouched
+            probe = (pooled * torch.randn(pooled.shape, generator=gen).to(pooled)).sum()
+            grads = torch.autograd.grad(probe, x)[0].reshape(-1, hidden).double().cpu()  # parameters' .grad untouched
             total += grads.T @ grads
         count += batch.shape[0] * probes
     return total / max(count, 1)
