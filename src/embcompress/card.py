@@ -156,7 +156,7 @@ compressed with `embcompress export --onnx THIS_FOLDER -o OUT`.
 
 
 def _header(source: str, architecture: str, summary: dict[str, Any]) -> str:
-    return f"""# {source} with factorized token embeddings
+    return f"""# {source} with compressed token embeddings
 
 Produced by [embcompress](https://pypi.org/project/embcompress/) {__version__} from `{source}`
 ({architecture}), method `{summary.get("method", "unknown")}`.

@@ -342,7 +342,9 @@ def verdict(student: dict[str, Any], refs: list[dict[str, Any]], higher: bool) -
         return f"{names} quantization is at least as good at no more bytes: the compression did not pay off"
     beats = [r["name"] for r in refs if b <= r["embedding_bytes"] and _better_eq(v, r["value"], higher)]
     if beats:
-        return f"the compressed model beats {' and '.join(beats)} quantization at equal or fewer bytes"
+        text = f"the compressed model beats {' and '.join(beats)} quantization at equal or fewer bytes"
+        larger = [r["name"] for r in refs if r["embedding_bytes"] > b and not _better_eq(v, r["value"], higher)]
+        return text + (f"; {' and '.join(larger)} quantization is better at more bytes" if larger else "")
     smaller = [r["name"] for r in refs if b < r["embedding_bytes"]]
     if smaller:
         return f"trade-off: smaller than {' and '.join(smaller)} but worse; no quantization point dominates"
