@@ -116,5 +116,7 @@ def test_smollm2_checkpoint_smaller_by_embedding_bytes(smollm2: Compressed) -> N
     compressed_size = (smollm2.folder / WEIGHTS_NAME).stat().st_size
     embedding_bytes = 49152 * 576 * 4
     assert inp.bytes_before == embedding_bytes
-    assert dense_size - compressed_size >= embedding_bytes - inp.bytes_after
+    # the header names of the two empty load-guard tensors cost a few hundred bytes of JSON
+    guard_header = 1024
+    assert dense_size - compressed_size >= embedding_bytes - inp.bytes_after - guard_header
     assert compressed_size <= dense_size - embedding_bytes + inp.bytes_after + 64 * 1024
