@@ -62,8 +62,8 @@ def compress(
         "--distill/--no-distill",
         help="Distil towards the original (default: with --domain only; the transform code needs none).",
     ),
-    dense_rows: int | None = typer.Option(None, help="Fix the number of most frequent tokens kept whole."),
-    tail_rank: int | None = typer.Option(None, help="Fix the rank of the other tokens (with --dense-rows)."),
+    dense_rows: int | None = typer.Option(None, help="--domain: fix the number of most frequent tokens kept whole."),
+    tail_rank: int | None = typer.Option(None, help="--domain: fix the rank of the other tokens (with --dense-rows)."),
     heldout_fraction: float = typer.Option(
         _default("heldout_fraction"), help="Share of --data documents never trained on."
     ),
