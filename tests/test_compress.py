@@ -102,6 +102,7 @@ def test_prior_counts_decrease_with_the_token_id() -> None:
         ({"max_minutes": 0}, "--max-minutes must be positive"),
         ({"heldout_fraction": 1.5}, "--heldout-fraction must be in (0, 1)"),
         ({"dense_rows": -1}, "--dense-rows must be >= 0"),
+        ({"tail_rank": 8}, "--tail-rank fixes a --domain layout; add --domain or drop it"),
         ({"data": "/no/such/corpus"}, "/no/such/corpus"),
     ],
 )

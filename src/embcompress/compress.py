@@ -114,6 +114,7 @@ class CompressOptions(Options):
         for name in ("dense_rows", "tail_rank"):
             value = getattr(self, name)
             require(value is None or value >= 0, name, f"must be >= 0, got {value}")
+            require(value is None or self.domain, name, "fixes a --domain layout; add --domain or drop it")
 
     @property
     def distilling(self) -> bool:
