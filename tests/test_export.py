@@ -43,7 +43,7 @@ def test_torch_export_matches_eager(name: str, method: str, factor_dtype: str | 
         model, (), {"input_ids": torch.randint(3, 96, (2, 9)), **kwargs}, dynamic_shapes=shapes
     )
     ids = torch.arange(0, 96).reshape(3, 32)  # every token, so every bucket
-    with torch.no_grad():
+    with torch.no_grad(), embcompress.fast_kernels(False):  # the exported graph holds the reference kernels
         expected = model(input_ids=ids, **kwargs)
         got = program.module()(input_ids=ids, **kwargs)
     key = "logits" if causal else "last_hidden_state"

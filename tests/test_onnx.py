@@ -52,7 +52,7 @@ def test_onnx_matches_pytorch_on_new_shapes(name: str, method: str, factor_dtype
         feeds["attention_mask"][1, 8:] = 0
     if "token_type_ids" in result.inputs:
         feeds["token_type_ids"] = torch.zeros_like(ids)
-    with torch.no_grad():
+    with torch.no_grad(), embcompress.fast_kernels(False):  # ONNX holds the reference kernels
         kwargs = {"use_cache": False} if causal else {}
         out = model(**feeds, **kwargs)
     expected = out.logits if result.output == "logits" else out.last_hidden_state
@@ -79,7 +79,7 @@ def test_grouped_bucket_missing_from_trace_input_survives(tmp_path: Path) -> Non
     embcompress.factorize_model(model, opts, row_weights=weights)
     export_model_onnx(model, tmp_path / "model.onnx")  # traced on random ids of both buckets
     for ids in (torch.arange(0, 40).reshape(2, 20), torch.arange(50, 90).reshape(2, 20)):
-        with torch.no_grad():
+        with torch.no_grad(), embcompress.fast_kernels(False):  # ONNX holds the reference kernels
             expected = model(input_ids=ids, use_cache=False).logits.numpy()
         got = run(tmp_path / "model.onnx", {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
@@ -125,7 +125,7 @@ def test_greedy_decoding_agrees(tmp_path: Path) -> None:
     session = onnx_session(tmp_path / "model.onnx")
     torch_ids = onnx_ids = torch.tensor([[5, 17, 42]])
     for _ in range(5):
-        with torch.no_grad():
+        with torch.no_grad(), embcompress.fast_kernels(False):  # ONNX holds the reference kernels
             logits = model(input_ids=torch_ids, use_cache=False).logits
         torch_ids = torch.cat([torch_ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
         feeds = {"input_ids": onnx_ids.numpy(), "attention_mask": np.ones_like(onnx_ids.numpy())}
@@ -171,7 +171,7 @@ def test_minilm_onnx_sentence_embeddings_match(tmp_path: Path) -> None:
     for start in range(0, len(texts), 10):
         batch = tokenizer(texts[start : start + 10], padding=True, truncation=True, max_length=128, return_tensors="pt")
         feeds = {name: batch[name] for name in result.inputs}
-        with torch.no_grad():
+        with torch.no_grad(), embcompress.fast_kernels(False):  # ONNX holds the reference kernels
             ref = model(**feeds).last_hidden_state
         got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
         mask = batch["attention_mask"].unsqueeze(-1).float()

@@ -44,6 +44,7 @@ from .kinds import ModelKind  # noqa: E402
 from .methods import get_method, method_names, register_method  # noqa: E402
 from .modules import CompressedEmbedding, FactorizedEmbedding, FactorizedLinear  # noqa: E402
 from .onnx_export import export_onnx  # noqa: E402
+from .quant import fast_kernels, set_fast_kernels  # noqa: E402
 from .report import ReportOptions, build_report  # noqa: E402
 from .sources import LoadOptions, load_source  # noqa: E402
 from .surgery import densify  # noqa: E402
@@ -79,10 +80,12 @@ __all__ = [
     "export_onnx",
     "factorize_checkpoint",
     "factorize_model",
+    "fast_kernels",
     "get_method",
     "load",
     "load_source",
     "method_names",
     "register_method",
+    "set_fast_kernels",
     "write_checkpoint",
 ]

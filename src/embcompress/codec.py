@@ -15,8 +15,9 @@ Transform code (:class:`TransformCode`, :func:`encode`, :func:`decode_rows`): su
 basis to the eigenvectors of ``M^{1/2} S M^{1/2}`` (``S`` the row covariance of the matrix, ``M`` an optional
 PSD error metric such as ``E[h h^T]`` of the final hidden states that multiply an LM head), allocate integer
 bits to bands of 8 components by greedy reverse water-filling on the band variances, and quantize each band
-with a 1-D k-means (Lloyd-Max) codebook over values normalised by a per-component scale and one fp16 scale
-per row. Decoding a row is a codebook lookup, two scalings and one ``K x H`` product.
+with a 1-D k-means (Lloyd-Max) codebook, snapped onto an int8 grid, over values normalised by a
+per-component scale and one fp16 scale per row. Decoding a row is a codebook lookup, two scalings and one
+``K x H`` product.
 """
 
 from __future__ import annotations
@@ -244,6 +245,19 @@ def kmeans_1d(values: torch.Tensor, weights: torch.Tensor, levels: int, iters: i
     return c.float()
 
 
+def grid_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Snap a codebook onto the int8 grid ``step * n`` (``n`` in ``[-127, 127]``, ``step = max|level| / 127``).
+
+    Returns ``(snapped levels, step)``. A snapped codebook makes every coded value an int8 times a
+    per-component factor, which the serving kernel multiplies without de-quantizing (see
+    :func:`embcompress.quant.int8_matmul_t`); snapping costs about 0.3% of the squared error at 4 bits.
+    Differentiable in ``levels`` (straight-through).
+    """
+    step = levels.detach().abs().amax().clamp_min(1e-30) / 127
+    snapped = torch.round(levels.detach() / step) * step
+    return levels + (snapped - levels).detach(), step
+
+
 def _nearest(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(u.contiguous(), (levels[1:] + levels[:-1]) / 2)
 
@@ -264,7 +278,7 @@ def _fit_codebooks(
         pick = _sample(u.shape[0] * n, SAMPLE)
         r, c = pick // n, start + pick % n
         w = (row_scale[r] * comp_scale[c]) ** 2
-        books.append(kmeans_1d(u[r, c], w, 2**b).half())
+        books.append(grid_levels(kmeans_1d(u[r, c], w, 2**b))[0].half())
         start += n
     return books
 
@@ -382,7 +396,7 @@ def decode_rows(code: TransformCode, ids: torch.Tensor) -> torch.Tensor:
     flat = ids.reshape(-1).long()
     parts, start = [], 0
     for (n, b), packed, book in zip(code.layout.tolist(), code.codes, code.codebooks, strict=True):
-        parts.append(book.float()[unpack_bits(packed[flat], b, n)])
+        parts.append(grid_levels(book.float())[0][unpack_bits(packed[flat], b, n)])
         start += n
     u = torch.cat(parts, -1) if parts else torch.zeros(flat.numel(), 0)
     z = u * code.row_scale.float()[flat, None] * code.comp_scale.float()[None, :]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModuleSpec
-from .quant import dequantize_rows, dtype_from_name, quantize_rows
+from .quant import dequantize_rows, dtype_from_name, int8_matmul_t, quantize_rows
 
 #: Names of the factor tensors a linear factorization stores (scales added for int8).
 FACTOR_NAMES = ("codes", "basis")
@@ -180,11 +180,18 @@ class FactorizedEmbedding(CompressedEmbedding):
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Compute ``hidden @ E.T`` through the factors (the LM-head product)."""
-        codes = self.factor("codes")
-        logits = (hidden.to(codes.dtype) @ self.factor("basis").T) @ codes.T
+        h = hidden.to(self.compute_dtype)
+        logits = self.codes_product(h @ self.factor("basis").T, "codes")
         if self.offset is not None:
-            logits = logits - (hidden.to(codes.dtype) @ self.offset.to(codes.dtype)).unsqueeze(-1)
+            logits = logits - (h @ self.offset.to(h.dtype)).unsqueeze(-1)
         return logits
+
+    def codes_product(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """``x @ factor(name).T``; an int8 factor goes through :func:`int8_matmul_t` (no de-quantized copy)."""
+        param = getattr(self, name)
+        if param.dtype == torch.int8:
+            return int8_matmul_t(x, param, getattr(self, f"{name}_scale"))
+        return x @ param.to(x.dtype).T
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the approximated matrix (without ``embed_scale``), differentiable in the factors."""

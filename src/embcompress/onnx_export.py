@@ -39,6 +39,7 @@ from .checkpoint import SUMMARY_NAME, atomic_output_dir, check_output_dir, copy_
 from .checkpoint import load as load_compressed
 from .errors import EmbcompressError
 from .modules import CompressedEmbedding, FactorizedLinear
+from .quant import fast_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def export_model_onnx(
     )
     if check:
         session = onnx_session(out)
-        with torch.no_grad():
+        with torch.no_grad(), fast_kernels(False):
             expected = traced(*inputs).float().numpy()
         got = session.run(None, {n: t.numpy() for n, t in zip(signature.inputs, inputs, strict=True)})[0]
         result.max_abs_diff = float(abs(expected - got).max())

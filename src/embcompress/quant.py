@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .errors import EmbcompressError
@@ -44,3 +47,65 @@ def dtype_from_name(name: str) -> torch.dtype:
     if name not in FACTOR_DTYPES:
         raise EmbcompressError(f"unknown factor dtype '{name}'; valid: {', '.join(FACTOR_DTYPES)}")
     return FACTOR_DTYPES[name]
+
+
+# ------------------------------------------------------------------------------------------------ fast kernels
+
+#: ``_weight_int8pack_mm`` needs the reduction dimension padded to a multiple of this.
+INT8_MM_ALIGN = 32
+_FAST = {"enabled": True}
+
+
+def set_fast_kernels(enabled: bool) -> bool:
+    """Turn the int8 serving kernel on or off for the whole process; returns the previous setting.
+
+    With it on (the default), inference-mode LM-head products over int8 tables run through
+    ``torch._weight_int8pack_mm`` on CPU: the table is read as int8 (4x fewer bytes than float32) and
+    the activations are rounded to bfloat16, so logits carry bfloat16 rounding (relative ~2e-3).
+    Turn it off for bit-for-bit float32 products.
+    """
+    previous, _FAST["enabled"] = _FAST["enabled"], bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def fast_kernels(enabled: bool = True) -> Iterator[None]:
+    """Context manager form of :func:`set_fast_kernels` (``with fast_kernels(False):`` for exact float32)."""
+    previous = set_fast_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_fast_kernels(previous)
+
+
+def use_fast_kernel(x: torch.Tensor) -> bool:
+    """Inference on CPU, not being traced or exported, not differentiating through ``x``."""
+    if not _FAST["enabled"] or x.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return False
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def pad_int8(q: torch.Tensor) -> torch.Tensor:
+    """``q`` with zero columns appended up to a multiple of :data:`INT8_MM_ALIGN` (cache it; it is a copy)."""
+    pad = (-q.shape[1]) % INT8_MM_ALIGN
+    return torch.nn.functional.pad(q, (0, pad)).contiguous() if pad else q.contiguous()
+
+
+def int8_matmul_t(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (q[:, :K] * scale).T`` for an int8 table ``q`` (``N x K'``, ``K' >= K`` zero-padded columns
+    allowed, see :func:`pad_int8`) with per-row ``scale`` (``N`` or ``N x 1``).
+
+    The fast kernel (see :func:`set_fast_kernels`) never de-quantizes the table; otherwise the table is
+    de-quantized in ``x``'s dtype (differentiable in ``x`` and ``scale``). Returns ``x``'s dtype.
+    """
+    k = x.shape[-1]
+    if use_fast_kernel(x):
+        table = q if q.shape[1] % INT8_MM_ALIGN == 0 else pad_int8(q)
+        flat = torch.nn.functional.pad(x.reshape(-1, k), (0, table.shape[1] - k)).to(torch.bfloat16)
+        ones = torch.ones(table.shape[0], dtype=torch.bfloat16, device=table.device)
+        out = torch._weight_int8pack_mm(flat.contiguous(), table, ones).to(x.dtype).reshape(*x.shape[:-1], -1)
+    else:
+        out = x @ q[:, :k].to(x.dtype).T
+    return out * scale.reshape(-1).to(x.dtype) if scale is not None else out

@@ -101,4 +101,17 @@ def test_encoder_roundtrip(method: str, tmp_path: Path, tiny_ids: torch.Tensor) 
 @pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
 def test_densify_matches_factorized(method: str, tiny_ids: torch.Tensor) -> None:
     model = _compress("llama-tied", method)
-    _assert_same_logits(forward_logits(embcompress.densify(model), tiny_ids), forward_logits(model, tiny_ids))
+    with embcompress.fast_kernels(False):  # exact float32; the int8 serving kernel is checked below
+        _assert_same_logits(forward_logits(embcompress.densify(model), tiny_ids), forward_logits(model, tiny_ids))
+
+
+@pytest.mark.parametrize(("method", "factor_dtype"), [("svd", "int8"), ("grouped", "int8"), ("transform", "float16")])
+def test_fast_int8_head_matches_reference(method: str, factor_dtype: str, tiny_ids: torch.Tensor) -> None:
+    """The int8 serving kernel computes the reference product up to bfloat16 rounding of activations/logits."""
+    model = _compress("llama-tied", method, factor_dtype)
+    with embcompress.fast_kernels(False):
+        reference = forward_logits(model, tiny_ids)
+    fast = forward_logits(model, tiny_ids)
+    assert not torch.equal(fast, reference)  # the kernel did run
+    scale = reference.abs().max()
+    torch.testing.assert_close(fast, reference, rtol=0, atol=float(8e-3 * scale))

@@ -253,9 +253,9 @@ class GroupedEmbedding(FactorizedEmbedding):
         parts = []
         for b, rank in enumerate(self.ranks):
             if rank == DENSE:
-                parts.append(h @ self.factor(f"rows_{b}").T)
+                parts.append(self.codes_product(h, f"rows_{b}"))
             else:
-                parts.append((h @ self.factor(f"basis_{b}").T) @ self.factor(f"codes_{b}").T)
+                parts.append(self.codes_product(h @ self.factor(f"basis_{b}").T, f"codes_{b}"))
         return torch.cat(parts, dim=-1).index_select(-1, self.inverse_perm())
 
     def dense_rows(self, start: int, stop: int) -> torch.Tensor:

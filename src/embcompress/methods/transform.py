@@ -24,11 +24,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..codec import TransformCode, encode, packed_nbytes, unpack_bits
+from ..codec import TransformCode, encode, grid_levels, packed_nbytes, unpack_bits
 from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import CompressedEmbedding
-from ..quant import dtype_from_name
+from ..quant import dtype_from_name, int8_matmul_t, pad_int8, use_fast_kernel
 from .base import FactorizationMethod, FitContext, MethodOptions
 
 logger = logging.getLogger(__name__)
@@ -121,13 +121,33 @@ class TransformCodedEmbedding(CompressedEmbedding):
                 new.get_parameter(name).copy_(param)
         return new  # type: ignore[return-value]
 
+    def _books(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each group's codebook on its int8 grid (straight-through) and grid step, in the compute dtype."""
+        books = [self.get_parameter(f"codebook_{g}") for g in range(len(self.groups))]
+        return [grid_levels(book.to(self.compute_dtype)) for book in books]
+
     def _levels(self, ids: torch.Tensor) -> torch.Tensor:
         """Codebook values ``u`` of rows ``ids`` (flat), ``(len(ids), K)`` in the compute dtype."""
         parts = []
-        for g, (n, bits) in enumerate(self.groups):
-            book = self.get_parameter(f"codebook_{g}").to(self.compute_dtype)
+        for g, ((n, bits), (book, _)) in enumerate(zip(self.groups, self._books(), strict=True)):
             parts.append(book[unpack_bits(self.get_parameter(f"codes_{g}")[ids], bits, n)])
         return torch.cat(parts, -1)
+
+    def int8_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T, step)``: every coded value as an int8 grid index (``V x K`` padded for the kernel) and the
+        grid step of each component, so that ``u = T[:, :K] * step``. Built once from the codes and cached
+        until a code or codebook changes (it is not stored: the file keeps the packed codes)."""
+        params = [self.get_parameter(f"{kind}_{g}") for g in range(len(self.groups)) for kind in ("codes", "codebook")]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                books = self._books()
+                steps = torch.cat([step.expand(n) for (n, _), (_, step) in zip(self.groups, books, strict=True)])
+                chunks = torch.arange(self.num_embeddings, device=self.mean.device).split(HEAD_CHUNK)
+                table = pad_int8(torch.cat([torch.round(self._levels(ids) / steps).to(torch.int8) for ids in chunks]))
+            self._table = (key, table, steps)
+        return self._table[1], self._table[2]
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -140,11 +160,15 @@ class TransformCodedEmbedding(CompressedEmbedding):
         dt = self.compute_dtype
         h = hidden.to(dt)
         g = (h @ self.basis.to(dt).T) * self.comp_scale.to(dt)
+        bias = (h @ self.mean.to(dt)).unsqueeze(-1)
+        if use_fast_kernel(g):
+            table, steps = self.int8_table()
+            return int8_matmul_t(g * steps, table, self.row_scale) + bias
         parts = []
         for start in range(0, self.num_embeddings, HEAD_CHUNK):
             ids = torch.arange(start, min(start + HEAD_CHUNK, self.num_embeddings), device=h.device)
             parts.append((g @ self._levels(ids).T) * self.row_scale.to(dt)[ids])
-        return torch.cat(parts, -1) + (h @ self.mean.to(dt)).unsqueeze(-1)
+        return torch.cat(parts, -1) + bias
 
 
 def target_bytes(spec: ModuleSpec, ratio: float | None, options: TransformOptions) -> int:
