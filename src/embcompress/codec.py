@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .spectral import gram_matrix
+
 #: The 16 NF4 levels of bitsandbytes (normal-float 4-bit, absmax-normalised).
 NF4_LEVELS: tuple[float, ...] = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -41,6 +43,7 @@ GAUSS_DISTORTION: tuple[float, ...] = (
     1.0, 0.3634, 0.1175, 0.03454, 0.009497, 0.002499, 0.000642, 0.000163, 0.0000410,
 )  # fmt: skip
 SAMPLE = 1 << 18  # values per group the codebook k-means sees
+CHUNK_ROWS = 8192  # rows the encoder transforms at a time (bounds its temporaries)
 BAND = 8  # components per allocation band: n * bits is then a whole number of bytes for every bit width
 
 
@@ -200,19 +203,45 @@ def _sqrt_psd(metric: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.T
     return (vecs * vals.sqrt()) @ vecs.T, (vecs * vals.rsqrt()) @ vecs.T
 
 
-def _principal_basis(x: torch.Tensor, metric: torch.Tensor | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_slices(rows: int) -> list[slice]:
+    return [slice(start, min(rows, start + CHUNK_ROWS)) for start in range(0, rows, CHUNK_ROWS)]
+
+
+def _mean_row(x: torch.Tensor) -> torch.Tensor:
+    total = sum(x[sl].double().sum(0) for sl in _row_slices(x.shape[0]))
+    return (total / x.shape[0]).half()
+
+
+def _covariance(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Row covariance of ``x`` around ``mean`` (float64), from its Gram matrix: no centred copy of ``x``."""
+    rows = x.shape[0]
+    total = sum(x[sl].double().sum(0) for sl in _row_slices(rows))
+    m = mean.double()
+    cov = gram_matrix(x) - torch.outer(m, total) - torch.outer(total, m) + rows * torch.outer(m, m)
+    return cov / rows
+
+
+def _principal_basis(cov: torch.Tensor, metric: torch.Tensor | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoding basis ``B`` (rows = components, descending variance) and the component variances.
 
     Coefficients ``z = x B^{-1}`` are uncorrelated and their squared error equals the metric error of ``x``.
     """
-    h = x.shape[1]
+    h = cov.shape[0]
     root, inv_root = (torch.eye(h, dtype=torch.float64),) * 2
     if metric is not None:
         root, inv_root = _sqrt_psd(metric, ridge)
-    y = x.double() @ root
-    vals, vecs = torch.linalg.eigh(y.T @ y / x.shape[0])
+    vals, vecs = torch.linalg.eigh(root @ cov @ root)
     order = vals.argsort(descending=True)
     return vecs[:, order].T @ inv_root, vals[order].clamp_min(0)
+
+
+def _coefficients(x: torch.Tensor, mean: torch.Tensor, basis16: torch.Tensor, k: int) -> torch.Tensor:
+    """``z = (x - mean) B^{-1}`` on the first ``k`` components, float32, computed a chunk of rows at a time."""
+    proj = torch.linalg.inv(basis16.double())[:, :k].float()
+    z = torch.empty(x.shape[0], k)
+    for sl in _row_slices(x.shape[0]):
+        z[sl] = (x[sl].float() - mean.float()) @ proj
+    return z
 
 
 def _groups(bits: list[int]) -> list[tuple[int, int]]:
@@ -267,18 +296,18 @@ def _sample(n: int, k: int) -> torch.Tensor:
 
 
 def _fit_codebooks(
-    u: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, groups: list[tuple[int, int]]
+    z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, groups: list[tuple[int, int]]
 ) -> list[torch.Tensor]:
-    """One k-means codebook per group on (a fixed-size sample of) the normalised values.
+    """One k-means codebook per group on a fixed-size sample of the normalised values ``z / scales``.
 
     Values are weighted by their squared total scale, so the codebook minimises the error of ``z`` itself.
     """
     books, start = [], 0
     for n, b in groups:
-        pick = _sample(u.shape[0] * n, SAMPLE)
+        pick = _sample(z.shape[0] * n, SAMPLE)
         r, c = pick // n, start + pick % n
-        w = (row_scale[r] * comp_scale[c]) ** 2
-        books.append(grid_levels(kmeans_1d(u[r, c], w, 2**b))[0].half())
+        scale = row_scale[r] * comp_scale[c]
+        books.append(grid_levels(kmeans_1d(z[r, c] / scale, scale**2, 2**b))[0].half())
         start += n
     return books
 
@@ -303,6 +332,38 @@ def _refit_row_scale(z: torch.Tensor, recon: torch.Tensor, comp_scale: torch.Ten
     c = recon * comp_scale[None, :]
     s = (z * c).sum(-1) / (c * c).sum(-1).clamp_min(1e-30)
     return s.clamp_min(1e-8).half().float()
+
+
+def _refit_all_row_scales(
+    z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, books: list[torch.Tensor], groups: list
+) -> torch.Tensor:
+    out = torch.empty_like(row_scale)
+    for sl in _row_slices(z.shape[0]):
+        _, recon = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
+        out[sl] = _refit_row_scale(z[sl], recon, comp_scale)
+    return out
+
+
+def _pack_all(
+    z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, books: list[torch.Tensor], groups: list
+) -> list[torch.Tensor]:
+    codes = [torch.empty(z.shape[0], packed_nbytes(n, b), dtype=torch.uint8) for n, b in groups]
+    for sl in _row_slices(z.shape[0]):
+        idx, _ = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
+        for packed, q, (_, b) in zip(codes, idx, groups, strict=True):
+            packed[sl] = pack_bits(q, b)
+    return codes
+
+
+def _scales(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial fp16-representable per-component (standard deviation) and per-row (RMS) scales of ``z``."""
+    rows = z.shape[0]
+    slices = _row_slices(rows)
+    mean = sum(z[sl].double().sum(0) for sl in slices) / rows
+    var = sum((z[sl].double() - mean).pow(2).sum(0) for sl in slices) / max(1, rows - 1)
+    comp_scale = var.sqrt().float().clamp_min(1e-8).half().float()
+    row_scale = torch.cat([(z[sl] / comp_scale).pow(2).mean(-1).sqrt() for sl in slices])
+    return comp_scale, row_scale.clamp_min(1e-8).half().float()
 
 
 def overhead_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
@@ -361,32 +422,27 @@ def encode(
         the :class:`TransformCode`; ``nbytes(code) <= budget``.
     """
     rows, cols = matrix.shape
-    x = matrix.detach().float()
-    mean = x.mean(0).half()
-    xc = x - mean.float()
-    basis, variances = _principal_basis(xc, metric, ridge)
+    x = matrix.detach()
+    mean = _mean_row(x)
+    basis, variances = _principal_basis(_covariance(x, mean), metric, ridge)
     budget = max_bytes if max_bytes is not None else int(bits_per_weight * rows * cols / 8)
     groups = _fit_groups(rows, cols, variances, budget, max_bits)
     if not groups:
         raise ValueError(f"a budget of {budget} bytes leaves no bits for the codes of a {rows}x{cols} matrix")
     k = sum(n for n, _ in groups)
-    full16 = basis.half()
-    z = (xc.double() @ torch.linalg.inv(full16.double())[:, :k]).float()
-    basis16 = full16[:k]
-    comp_scale = z.std(0).clamp_min(1e-8).half().float()
-    row_scale = (z / comp_scale).pow(2).mean(-1).sqrt().clamp_min(1e-8).half().float()
+    basis16 = basis.half()
+    z = _coefficients(x, mean, basis16, k)
+    comp_scale, row_scale = _scales(z)
     for _ in range(max(1, iters)):
-        books = _fit_codebooks(z / (row_scale[:, None] * comp_scale), row_scale, comp_scale, groups)
-        idx, recon = _quantize(z, row_scale, comp_scale, books, groups)
-        row_scale = _refit_row_scale(z, recon, comp_scale)
-    idx, _ = _quantize(z, row_scale, comp_scale, books, groups)
+        books = _fit_codebooks(z, row_scale, comp_scale, groups)
+        row_scale = _refit_all_row_scales(z, row_scale, comp_scale, books, groups)
     return TransformCode(
         mean=mean,
-        basis=basis16,
+        basis=basis16[:k],
         comp_scale=comp_scale.half(),
         row_scale=row_scale.half(),
         layout=torch.tensor(groups, dtype=torch.int32).reshape(-1, 2),
-        codes=[pack_bits(q, b) for q, (_, b) in zip(idx, groups, strict=True)],
+        codes=_pack_all(z, row_scale, comp_scale, books, groups),
         codebooks=books,
     )
 
