@@ -39,15 +39,24 @@ def corpus_files(path: str | Path) -> list[Path]:
 
 
 def _read_text(file: Path) -> Iterator[str]:
+    """Blocks separated by empty lines, read a line at a time (a multi-GB file streams in bounded memory)."""
+    block: list[str] = []
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                if number == 0 and "\x00" in line[:4096]:
+                    raise EmbcompressError(f"data file '{file}' looks binary, not text")
+                if line != "\n":
+                    block.append(line)
+                elif block:
+                    text = "".join(block).strip()
+                    block = []
+                    if text:
+                        yield text
     except UnicodeDecodeError:
         raise EmbcompressError(f"data file '{file}' is not UTF-8 text") from None
-    if "\x00" in text[:4096]:
-        raise EmbcompressError(f"data file '{file}' looks binary, not text")
-    for block in text.split("\n\n"):
-        if block.strip():
-            yield block.strip()
+    if block and "".join(block).strip():
+        yield "".join(block).strip()
 
 
 def _text_of(record: Any, file: Path, field: str | None) -> str:
