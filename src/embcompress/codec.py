@@ -196,7 +196,7 @@ class TransformCode:
 
 def _sqrt_psd(metric: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M^{1/2}, M^{-1/2})`` of a PSD metric normalised to mean eigenvalue 1, with a relative ridge."""
-    m = metric.double()
+    m = metric.double().cpu()
     m = m / (m.trace() / m.shape[0]) + ridge * torch.eye(m.shape[0], dtype=m.dtype)
     vals, vecs = torch.linalg.eigh(m)
     vals = vals.clamp_min(ridge)
@@ -209,15 +209,15 @@ def _row_slices(rows: int) -> list[slice]:
 
 def _mean_row(x: torch.Tensor) -> torch.Tensor:
     total = sum(x[sl].double().sum(0) for sl in _row_slices(x.shape[0]))
-    return (total / x.shape[0]).half()
+    return (total / x.shape[0]).half().cpu()
 
 
 def _covariance(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Row covariance of ``x`` around ``mean`` (float64), from its Gram matrix: no centred copy of ``x``."""
+    """Row covariance of ``x`` around ``mean`` (float64, on the CPU), from its Gram matrix: no centred copy."""
     rows = x.shape[0]
-    total = sum(x[sl].double().sum(0) for sl in _row_slices(rows))
+    total = sum(x[sl].double().sum(0) for sl in _row_slices(rows)).cpu()
     m = mean.double()
-    cov = gram_matrix(x) - torch.outer(m, total) - torch.outer(total, m) + rows * torch.outer(m, m)
+    cov = gram_matrix(x).cpu() - torch.outer(m, total) - torch.outer(total, m) + rows * torch.outer(m, m)
     return cov / rows
 
 
@@ -236,11 +236,12 @@ def _principal_basis(cov: torch.Tensor, metric: torch.Tensor | None, ridge: floa
 
 
 def _coefficients(x: torch.Tensor, mean: torch.Tensor, basis16: torch.Tensor, k: int) -> torch.Tensor:
-    """``z = (x - mean) B^{-1}`` on the first ``k`` components, float32, computed a chunk of rows at a time."""
-    proj = torch.linalg.inv(basis16.double())[:, :k].float()
+    """``z = (x - mean) B^{-1}`` on the first ``k`` components, float32 on the CPU, a chunk of rows at a time
+    (on the matrix's device)."""
+    proj = torch.linalg.inv(basis16.double())[:, :k].float().to(x.device)
     z = torch.empty(x.shape[0], k)
     for sl in _row_slices(x.shape[0]):
-        z[sl] = (x[sl].float() - mean.float()) @ proj
+        z[sl] = ((x[sl].float() - mean.float().to(x.device)) @ proj).cpu()
     return z
 
 

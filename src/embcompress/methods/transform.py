@@ -218,4 +218,4 @@ class TransformMethod(FactorizationMethod):
         spec.options = {**spec.options, "groups": code.layout.tolist()}
         spec.rank = int(code.basis.shape[0])
         logger.info("transform code of %s: %s in %.1fs", spec.path, spec.options["groups"], time.perf_counter() - start)
-        return TransformCodedEmbedding.from_code(spec, code, compute_dtype=matrix.dtype)
+        return TransformCodedEmbedding.from_code(spec, code, compute_dtype=matrix.dtype).to(matrix.device)
