@@ -51,6 +51,18 @@ class Options:
             return field.default_factory()
         return field.default
 
+    def require_positive(self, *names: str, optional: bool = False) -> None:
+        """Raise ``--name must be a positive integer`` for the first field of ``names`` that is not one
+        (``None`` passes when ``optional``)."""
+        for name in names:
+            value = getattr(self, name)
+            require((optional and value is None) or value > 0, name, f"must be a positive integer, got {value}")
+
+    def require_fraction(self, name: str, optional: bool = False) -> None:
+        """Raise ``--name must be in (0, 1)`` unless field ``name`` is (or is ``None`` when ``optional``)."""
+        value = getattr(self, name)
+        require((optional and value is None) or 0 < value < 1, name, f"must be in (0, 1), got {value}")
+
 
 def require(condition: bool, name: str, message: str) -> None:
     """Raise ``--name <message>`` unless ``condition``."""

@@ -135,14 +135,11 @@ class DistillConfig(Options):
     def validate(self) -> None:
         """One-line errors for impossible values (run at construction, before anything is loaded)."""
         self.hidden_layers = tuple(self.hidden_layers)
-        for name in ("steps", "max_tokens"):
-            value = getattr(self, name)
-            require(value is None or value > 0, name, f"must be a positive integer, got {value}")
+        self.require_positive("steps", "max_tokens", optional=True)
         require(
             self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be positive, got {self.max_minutes}"
         )
-        for name in ("batch_size", "grad_accum", "seq_len", "eval_every", "eval_windows", "checkpoint_every"):
-            require(getattr(self, name) > 0, name, f"must be a positive integer, got {getattr(self, name)}")
+        self.require_positive("batch_size", "grad_accum", "seq_len", "eval_every", "eval_windows", "checkpoint_every")
         require(self.seq_len >= 4, "seq_len", f"must be at least 4, got {self.seq_len}")
         require(self.train in TRAIN_MODES, "train", f"must be one of {', '.join(TRAIN_MODES)}, got '{self.train}'")
         require(
@@ -152,7 +149,7 @@ class DistillConfig(Options):
         )
         if self.lr <= 0 or self.temperature <= 0:
             raise EmbcompressError("--lr and --temperature must be positive")
-        require(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        self.require_fraction("heldout_fraction")
         require(self.cache_top_k > 0, "cache_top_k", f"must be positive, got {self.cache_top_k}")
         if isinstance(self.weights, dict):
             self.weights = LossWeights.from_dict(self.weights)

@@ -14,11 +14,9 @@ from torch import nn
 from ..data import packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
 from ..kinds import ModelKind, detect_kind
-from ..options import Options, require
+from ..options import Options
 
 logger = logging.getLogger(__name__)
-
-TASKS = tuple(kind.value for kind in ModelKind)
 
 
 @dataclass
@@ -44,10 +42,8 @@ class EvalOptions(Options):
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("max_tokens", "max_docs", "seq_len", "batch_size", "neighbours"):
-            value = getattr(self, name)
-            require(value > 0, name, f"must be a positive integer, got {value}")
-        require(0 < self.mask_prob < 1, "mask_prob", f"must be in (0, 1), got {self.mask_prob}")
+        self.require_positive("max_tokens", "max_docs", "seq_len", "batch_size", "neighbours")
+        self.require_fraction("mask_prob")
 
 
 @dataclass
