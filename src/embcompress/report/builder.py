@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 REPORT_NAME = "embcompress-report.json"
-TEXT_METRICS = ("behaviour", "speed", "weighted_relative_error", "by_bucket")
 
 
 @dataclass
@@ -69,24 +68,12 @@ class ReportOptions(Options):
         if isinstance(self.eval, dict):
             self.eval = EvalOptions.from_dict(self.eval)
         self.references = tuple(self.references)
-        require(self.speed_repeats > 0, "speed_repeats", f"must be a positive integer, got {self.speed_repeats}")
-        require(
-            self.speed_threads is None or self.speed_threads > 0,
-            "speed_threads",
-            f"must be a positive integer, got {self.speed_threads}",
-        )
+        self.require_positive("speed_repeats")
+        self.require_positive("speed_threads", optional=True)
         bad = [name for name in self.references if name not in REFERENCE_SCHEMES]
         require(not bad, "references", f"names unknown scheme(s) {bad}; valid: {', '.join(REFERENCE_SCHEMES)}")
-        require(
-            self.freq_max_tokens is None or self.freq_max_tokens > 0,
-            "freq_max_tokens",
-            f"must be a positive integer, got {self.freq_max_tokens}",
-        )
-        require(
-            self.heldout_fraction is None or 0 < self.heldout_fraction < 1,
-            "heldout_fraction",
-            f"must be in (0, 1), got {self.heldout_fraction}",
-        )
+        self.require_positive("freq_max_tokens", optional=True)
+        self.require_fraction("heldout_fraction", optional=True)
 
 
 @dataclass
@@ -231,13 +218,17 @@ def size_section(
     }
 
 
-def fidelity_section(pairs: list[MatrixPair], evaluation: Evaluation) -> dict[str, Any]:
+def fidelity_section(
+    pairs: list[MatrixPair], evaluation: Evaluation, scheme: str | None = None, teacher_tied: bool = False
+) -> dict[str, Any]:
+    """Fidelity of the student's matrices or, given ``scheme``, of the teacher's through that reference quantizer."""
     out: dict[str, Any] = {}
     for p in pairs:
-        if p.tied:
+        if p.tied if scheme is None else (p.role == "output" and teacher_tied):
             out[p.role] = {"tied_to_input": True}
             continue
-        out[p.role] = matrix_fidelity(p.original, rows_of(p.student_module), evaluation.counts, evaluation.buckets)
+        rows = rows_of(p.student_module) if scheme is None else quantized_rows(p.original, scheme)
+        out[p.role] = matrix_fidelity(p.original, rows, evaluation.counts, evaluation.buckets)
     return out
 
 
@@ -253,16 +244,6 @@ def quantized_copy(teacher: nn.Module, scheme: str) -> nn.Module:
                 module.weight.copy_(reference_quantize(scheme, module.weight.detach())[0])
                 done.add(id(module.weight))
     return model
-
-
-def _quantized_fidelity(pairs: list[MatrixPair], scheme: str, teacher_tied: bool, ev: Evaluation) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for p in pairs:
-        if p.role == "output" and teacher_tied:
-            out[p.role] = {"tied_to_input": True}
-        else:
-            out[p.role] = matrix_fidelity(p.original, quantized_rows(p.original, scheme), ev.counts, ev.buckets)
-    return out
 
 
 def reference_rows(
@@ -281,7 +262,7 @@ def reference_rows(
             "bits_per_weight": 8 * nbytes / sum(m.numel() for m in stored),
             "embedding_bytes": nbytes,
             "ratio": before / nbytes,
-            "fidelity": _quantized_fidelity(pairs, scheme, teacher_tied, evaluation),
+            "fidelity": fidelity_section(pairs, evaluation, scheme, teacher_tied),
             "behaviour": None,
         }
         if evaluation.teacher is not None:
@@ -314,20 +295,15 @@ def glance_section(report: dict[str, Any]) -> dict[str, Any]:
     metric, higher, value = primary_value(report["task"], report["behaviour"], report["fidelity"])
     size = report["size"]["embedding"]
     weights = max(size["params_before"], 1)
-    rows = [
-        {"name": "original", "embedding_bytes": size["bytes_before"], "value": None},
-        {"name": "student", "embedding_bytes": size["bytes_after"], "value": value},
+
+    def row(name: str, nbytes: int, value: Any) -> dict[str, Any]:
+        return {"name": name, "embedding_bytes": nbytes, "value": value, "bits_per_weight": 8 * nbytes / weights}
+
+    rows = [row("original", size["bytes_before"], None), row("student", size["bytes_after"], value)]
+    rows += [
+        row(ref["name"], ref["embedding_bytes"], primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2])
+        for ref in report["references"]
     ]
-    for ref in report["references"]:
-        rows.append(
-            {
-                "name": ref["name"],
-                "embedding_bytes": ref["embedding_bytes"],
-                "value": primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2],
-            }
-        )
-    for row in rows:
-        row["bits_per_weight"] = 8 * row["embedding_bytes"] / weights
     return {"metric": metric, "higher_is_better": higher, "rows": rows, "verdict": verdict(rows[1], rows[2:], higher)}
 
 
