@@ -43,8 +43,10 @@ def default_state_dir(out: Path) -> Path:
     return out.with_name(out.name + ".distill")
 
 
-def check_data(data: str | os.PathLike[str] | None, config: DistillConfig) -> None:
-    """Fail before loading any model on a missing, empty or non-text corpus."""
+def check_data(data: str | os.PathLike[str] | None, config: DistillConfig, caching: bool = False) -> None:
+    """Fail before loading any model on a missing, empty or non-text corpus, or on caching without one."""
+    if caching and data is None:
+        raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
     if data is None:
         return
     corpus_files(data)
@@ -164,9 +166,7 @@ def distill_model(
     config = config.with_default_budget()
     config.validate()
     config.data_free = data is None
-    if cache_dir is not None and data is None:
-        raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
-    check_data(data, config)
+    check_data(data, config, caching=cache_dir is not None)
     kind = check_pair(student, teacher, tokenizer, tokenizer)
     check_seq_len(student, config)
     accelerator = accelerator or make_accelerator()
@@ -229,9 +229,7 @@ def distill_checkpoint(
     config.with_default_budget().validate()
     out_path = Path(out)
     check_output_dir(out_path, overwrite)
-    if cache_dir is not None and data is None:
-        raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
-    check_data(data, config)
+    check_data(data, config, caching=cache_dir is not None)
     if not Path(student).is_dir():
         raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
     read_compression_config(Path(student))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -102,24 +103,9 @@ class DistillResult:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "steps": self.steps,
-            "tokens": self.tokens,
-            "seconds": round(self.seconds, 2),
-            "tokens_per_second": round(self.tokens_per_second, 2),
-            "stop_reason": self.stop_reason,
-            "before": self.before,
-            "after": self.after,
-            "best_step": self.best_step,
-            "eval_split": self.eval_split,
-            "trainable_params": self.trainable_params,
-            "trainable": self.trainable,
-            "cache": self.cache,
-            "data_digest": self.data_digest,
-            "params_digest": self.params_digest,
-            "history": self.history,
-        }
+        """The fields but ``log``, plus ``tokens_per_second``; seconds and tokens/s rounded to 2 decimals."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "log"}
+        return {**data, "seconds": round(self.seconds, 2), "tokens_per_second": round(self.tokens_per_second, 2)}
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -132,6 +118,8 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 PRIMARY = {ModelKind.CAUSAL_LM: "kl", ModelKind.MASKED_LM: "kl", ModelKind.ENCODER: "distance"}
+#: The run's progress saved in a training checkpoint and restored by ``--resume``.
+STATE_KEYS = ("step", "tokens", "elapsed", "best_metric", "best_step", "bad_evals", "before", "history")
 
 
 class Distiller:
@@ -156,12 +144,8 @@ class Distiller:
         self.cfg, self.kind, self.acc = config, kind, accelerator
         self.weights = config.weights.resolved(kind)
         self.tokenizer, self.state_dir, self.reporter = tokenizer, state_dir, reporter or LoggingReporter()
-        self.train_batches, self.eval_batches, self.eval_split, self.cache = (
-            train_batches,
-            eval_batches,
-            eval_split,
-            cache,
-        )
+        self.train_batches, self.eval_batches = train_batches, eval_batches
+        self.eval_split, self.cache = eval_split, cache
         self.trainable = select_trainable(student, config.train)
         self.teacher = freeze(teacher).to(accelerator.device)
         student.eval()  # no dropout: the student must match a deterministic teacher
@@ -209,15 +193,19 @@ class Distiller:
         missing = sorted(set(self.params) - set(trainable))
         if missing:
             raise EmbcompressError(f"--resume: checkpoint lacks trainable tensor(s) {missing[:3]}; same --train?")
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(trainable[name].to(param.device, param.dtype))
+        self._load_params(trainable)
         self.optimizer.load_state_dict(optim)
         self.best = best
-        for key in ("step", "tokens", "elapsed", "best_metric", "best_step", "bad_evals", "before", "history"):
+        for key in STATE_KEYS:
             setattr(self, key, info[key])
         self.saved_step = self.step
         logger.info("resumed from step %d (%s)", self.step, self.state_dir)
+
+    @torch.no_grad()
+    def _load_params(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` (by name) into the trainable parameters."""
+        for name, param in self.params.items():
+            param.copy_(tensors[name].to(param.device, param.dtype))
 
     # -- teacher targets --------------------------------------------------------------------------
     def _want_hidden(self) -> bool:
@@ -383,18 +371,8 @@ class Distiller:
     def checkpoint(self) -> None:
         """Write the training state (main process; every process waits for it)."""
         if self.acc.is_main_process:
-            info = {
-                "step": self.step,
-                "tokens": self.tokens,
-                "elapsed": self.elapsed,
-                "best_metric": self.best_metric,
-                "best_step": self.best_step,
-                "bad_evals": self.bad_evals,
-                "before": self.before,
-                "history": self.history,
-                "config": self.cfg.to_dict(),
-                "world_size": self.acc.num_processes,
-            }
+            info = {key: getattr(self, key) for key in STATE_KEYS}
+            info.update(config=self.cfg.to_dict(), world_size=self.acc.num_processes)
             save_state(self.state_dir, self.params, self.optimizer.state_dict(), self.best, info)
         self.saved_step = self.step
         self.acc.wait_for_everyone()
@@ -546,9 +524,7 @@ class Distiller:
 
     def _finish(self, reason: str) -> DistillResult:
         if self.best is not None:
-            with torch.no_grad():
-                for name, param in self.params.items():
-                    param.copy_(self.best[name].to(param.device, param.dtype))
+            self._load_params(self.best)
         after = next(h for h in self.history if h["step"] == self.best_step)
         self._log({"event": "done", "step": self.step, "reason": reason, "best_step": self.best_step})
         return DistillResult(
