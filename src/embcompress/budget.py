@@ -26,8 +26,6 @@ from .spectral import energy_curve, rank_for_energy, singular_values
 
 logger = logging.getLogger(__name__)
 
-MODES = ("rank", "energy", "ratio")
-
 
 @dataclass
 class Budget:

@@ -82,9 +82,7 @@ class CompressionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (modules as dicts)."""
-        data = dataclasses.asdict(self)
-        data["modules"] = [m.to_dict() for m in self.modules]
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:

@@ -8,17 +8,19 @@ corpus is read one document at a time, never whole into memory.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import EmbcompressError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 DATA_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
@@ -120,22 +122,17 @@ def split_documents(
     return (d for d in documents if is_heldout(d, heldout_fraction, seed) == want_heldout)
 
 
-def batched_documents(documents: Iterable[str], batch: int) -> Iterator[list[str]]:
-    """Group a document stream into lists of at most ``batch`` documents (for batched tokenization)."""
-    buffer: list[str] = []
-    for doc in documents:
-        buffer.append(doc)
-        if len(buffer) >= batch:
-            yield buffer
-            buffer = []
-    if buffer:
-        yield buffer
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items of a stream (the last one shorter), read lazily."""
+    stream = iter(items)
+    while chunk := list(itertools.islice(stream, size)):
+        yield chunk
 
 
 def token_stream(tokenizer: Any, documents: Iterable[str], batch: int = 64) -> Iterator[int]:
     """Token ids of the documents, each followed by the EOS (or SEP) token when the tokenizer has one."""
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    for group in batched_documents(documents, batch):
+    for group in chunked(documents, batch):
         for ids in tokenizer(group, add_special_tokens=False)["input_ids"]:
             yield from ids
             if sep is not None:
@@ -144,12 +141,9 @@ def token_stream(tokenizer: Any, documents: Iterable[str], batch: int = 64) -> I
 
 def packed_windows(tokens: Iterable[int], seq_len: int) -> Iterator[torch.Tensor]:
     """Cut a token stream into consecutive windows of exactly ``seq_len`` ids (the tail is dropped)."""
-    window: list[int] = []
-    for tok in tokens:
-        window.append(tok)
+    for window in chunked(tokens, seq_len):
         if len(window) == seq_len:
             yield torch.tensor(window, dtype=torch.long)
-            window = []
 
 
 def count_tokens(
@@ -158,18 +152,11 @@ def count_tokens(
     """Occurrences of each token id (length ``vocab_size``; ids beyond the tokenizer stay 0)."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     seen = 0
-    chunk: list[int] = []
-    for tok in token_stream(tokenizer, documents):
-        chunk.append(tok)
-        if len(chunk) >= 65536:
-            counts += torch.bincount(torch.tensor(chunk), minlength=vocab_size)[:vocab_size].double()
-            seen += len(chunk)
-            chunk = []
-            if max_tokens is not None and seen >= max_tokens:
-                break
-    if chunk:
+    for chunk in chunked(token_stream(tokenizer, documents), 65536):
         counts += torch.bincount(torch.tensor(chunk), minlength=vocab_size)[:vocab_size].double()
         seen += len(chunk)
+        if max_tokens is not None and seen >= max_tokens:
+            break
     if seen == 0:
         raise EmbcompressError("the frequency data holds no text (0 tokens after tokenization)")
     logger.info("counted %d tokens, %d distinct", seen, int((counts > 0).sum()))
@@ -179,7 +166,7 @@ def count_tokens(
 def document_windows(tokenizer: Any, documents: Iterable[str], seq_len: int, batch: int = 64) -> Iterator[torch.Tensor]:
     """One window per document, framed with the tokenizer's special tokens ([CLS] ... [SEP]) and
     truncated to ``seq_len`` ids: the unit a sentence encoder embeds (no packing across documents)."""
-    for group in batched_documents(documents, batch):
+    for group in chunked(documents, batch):
         encoded = tokenizer(group, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
         yield from (torch.tensor(ids, dtype=torch.long) for ids in encoded if ids)
 

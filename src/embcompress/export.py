@@ -9,7 +9,6 @@ from torch import nn
 
 from .checkpoint import atomic_output_dir, check_output_dir, save_model_files
 from .checkpoint import load as load_compressed
-from .sources import ModelSource
 from .surgery import densify
 
 
@@ -17,9 +16,7 @@ def export_dense(folder: str | os.PathLike[str], out: str | os.PathLike[str], ov
     """Write a vanilla transformers checkpoint of a compressed model (factors multiplied out)."""
     out_path = Path(out)
     check_output_dir(out_path, overwrite)
-    model = load_compressed(folder)
-    dense = densify(model)
-    src = ModelSource(str(folder), "local", Path(folder))
+    dense = densify(load_compressed(folder))
     with atomic_output_dir(out_path, overwrite) as tmp:
-        save_model_files(dense, tmp, src.path)
+        save_model_files(dense, tmp, Path(folder))
     return dense

@@ -65,17 +65,11 @@ def _serving_dense(source: CompressedEmbedding) -> bool:
 
 def module_size(role: str, path: str, dense: nn.Module, replaced: nn.Module, tied: bool) -> dict[str, Any]:
     """Size of one replaced matrix before/after; a tied head stores nothing of its own."""
-    weight = dense.weight
-    shape = [int(weight.shape[0]), int(weight.shape[1])]
-    if tied:
-        before = after = (0, 0)
-    else:
-        before = (weight.numel(), weight.numel() * weight.element_size())
-        after = matrix_storage(replaced)
+    before, after = ((0, 0), (0, 0)) if tied else (matrix_storage(dense), matrix_storage(replaced))
     return {
         "role": role,
         "path": path,
-        "shape": shape,
+        "shape": [int(dense.weight.shape[0]), int(dense.weight.shape[1])],
         "tied": tied,
         "params_before": before[0],
         "params_after": after[0],

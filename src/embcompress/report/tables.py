@@ -111,11 +111,8 @@ def fidelity_table(report: dict[str, Any]) -> TableData:
     table = TableData(
         "Matrix fidelity", ["variant", "matrix", "rel. error", "freq-weighted error", "row cos mean", "row cos min"]
     )
-    for role, fid in report["fidelity"].items():
-        table.rows.append(_fid_row("student", role, fid))
-    for ref in report["references"]:
-        for role, fid in ref["fidelity"].items():
-            table.rows.append(_fid_row(ref["name"], role, fid))
+    for name, fidelity in _variants(report, "fidelity"):
+        table.rows.extend(_fid_row(name, role, fid) for role, fid in fidelity.items())
     return table
 
 
