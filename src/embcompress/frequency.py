@@ -9,7 +9,6 @@ picture), 0 ignores frequencies; ``floor`` is the pseudo-count given to never-se
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +17,6 @@ import torch
 from .data import count_tokens, iter_documents
 from .errors import EmbcompressError
 from .options import Options
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

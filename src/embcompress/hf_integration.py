@@ -16,7 +16,6 @@ the model's ignored unexpected keys, so loading after ``import embcompress`` sta
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from typing import Any
 
@@ -30,8 +29,6 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .config import QUANT_METHOD, CompressionConfig
 from .surgery import build_modules, install_modules, resolve_paths
-
-logger = logging.getLogger(__name__)
 
 #: Name of the empty guard tensor shown in transformers' load report when embcompress is not imported.
 LOAD_GUARD_NOTE = "EMBCOMPRESS CHECKPOINT: pip install embcompress, then import embcompress before from_pretrained"

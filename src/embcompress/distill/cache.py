@@ -8,7 +8,6 @@ and writes the teacher's outputs, later epochs read them instead of running the 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import EmbcompressError
 
-logger = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.json"
 
 

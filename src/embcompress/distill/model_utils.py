@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +10,6 @@ from torch import nn
 
 from ..errors import EmbcompressError
 from ..modules import CompressedEmbedding, FactorizedLinear
-
-logger = logging.getLogger(__name__)
 
 
 def factorized_sources(model: nn.Module) -> list[tuple[str, CompressedEmbedding]]:
@@ -48,12 +45,9 @@ def select_trainable(model: nn.Module, mode: str) -> list[str]:
         wanted |= mode == "factors+norms" and "norm" in type(module).__name__.lower()
         if wanted or mode == "all":
             chosen.update(id(p) for p in module.parameters(recurse=False) if p.is_floating_point())
-    names = []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         param.requires_grad_(id(param) in chosen)
-        if id(param) in chosen:
-            names.append(name)
-    return names
+    return [name for name, param in model.named_parameters() if id(param) in chosen]
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -61,11 +55,6 @@ def freeze(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     return model.eval()
-
-
-def factor_rows(module: CompressedEmbedding, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of the approximated matrix, differentiable w.r.t. the factors."""
-    return module.rows(rows)
 
 
 def max_positions(model: nn.Module) -> int | None:

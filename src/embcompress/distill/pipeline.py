@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -34,8 +33,6 @@ from .cache import TeacherCache
 from .config import DistillConfig
 from .model_utils import max_positions
 from .trainer import LOG_NAME, Distiller, DistillResult, make_accelerator
-
-logger = logging.getLogger(__name__)
 
 
 def default_state_dir(out: Path) -> Path:

@@ -23,12 +23,13 @@ from torch import nn
 
 from ..errors import EmbcompressError
 from ..kinds import ModelKind
+from ..modules import CompressedEmbedding
 from ..progress import LoggingReporter, Reporter
 from . import losses
 from .batches import Batch, derive_seed
 from .cache import TeacherCache
 from .config import DistillConfig
-from .model_utils import Outputs, factor_rows, factorized_sources, forward, freeze, select_trainable
+from .model_utils import Outputs, factorized_sources, forward, freeze, select_trainable
 from .state import check_resumable, has_state, load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Distiller:
             self._restore()
 
     # -- setup ------------------------------------------------------------------------------------
-    def _recon_pairs(self) -> list[tuple[nn.Module, torch.Tensor]]:
+    def _recon_pairs(self) -> list[tuple[CompressedEmbedding, torch.Tensor]]:
         if self.weights["recon"] <= 0:
             return []
         pairs = []
@@ -295,7 +296,7 @@ class Distiller:
         vocab = self.recon_pairs[0][1].shape[0]
         rows = torch.unique(torch.cat([ids.flatten().cpu(), torch.randint(vocab, (256,), generator=gen)]))
         rows = rows.to(self.acc.device)
-        parts = [losses.reconstruction(factor_rows(m, rows), dense[rows]) for m, dense in self.recon_pairs]  # type: ignore[arg-type]
+        parts = [losses.reconstruction(m.rows(rows), dense[rows]) for m, dense in self.recon_pairs]
         return torch.stack(parts).mean()
 
     # -- evaluation -------------------------------------------------------------------------------

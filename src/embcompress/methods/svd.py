@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -11,8 +10,6 @@ import torch
 from ..errors import EmbcompressError
 from ..spectral import truncated_svd
 from .base import FactorizationMethod, Factors, FitContext, MethodOptions
-
-logger = logging.getLogger(__name__)
 
 SVD_SOLVERS = ("auto", "gram", "randomized", "full")
 

@@ -9,7 +9,6 @@ the weights.
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar, cast
 
 import torch
@@ -18,8 +17,6 @@ from ..errors import EmbcompressError
 from ..spectral import truncated_svd
 from .base import FactorizationMethod, Factors, FitContext, MethodOptions
 from .svd import SVDOptions
-
-logger = logging.getLogger(__name__)
 
 
 def require_weights(ctx: FitContext, method: str, rows: int) -> torch.Tensor:
