@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from .buckets import BUCKETS
+from .tables import variants
 
 
 def to_svg(fig: Figure) -> str:
@@ -70,9 +71,10 @@ def bucket_error_figure(report: dict[str, Any]) -> str | None:
     """Relative error of the input matrix per frequency bucket: student vs the quantization references."""
     if not report["fidelity"]["input"].get("by_bucket"):
         return None
-    series = {"student": [report["fidelity"]["input"]["by_bucket"][b]["relative_error"] for b in BUCKETS]}
-    for ref in report["references"]:
-        series[ref["name"]] = [ref["fidelity"]["input"]["by_bucket"][b]["relative_error"] for b in BUCKETS]
+    series = {
+        name: [f["input"]["by_bucket"][b]["relative_error"] for b in BUCKETS]
+        for name, f in variants(report, "fidelity")
+    }
     return _grouped_bars("Input-matrix relative error by token frequency", "relative error", series)
 
 
@@ -82,10 +84,7 @@ def bucket_behaviour_figure(report: dict[str, Any]) -> str | None:
     if beh is None or not beh.get("by_bucket"):
         return None
     key = "hidden_cosine" if report["task"] == "encoder" else "kl"
-    series = {"student": [beh["by_bucket"][b].get(key) for b in BUCKETS]}
-    for ref in report["references"]:
-        if ref["behaviour"]:
-            series[ref["name"]] = [ref["behaviour"]["by_bucket"][b].get(key) for b in BUCKETS]
+    series = {name: [b["by_bucket"][k].get(key) for k in BUCKETS] for name, b in variants(report, "behaviour")}
     label = "hidden-state cosine to the teacher" if key == "hidden_cosine" else "KL(teacher || variant), nats"
     return _grouped_bars(f"Behaviour by frequency bucket ({key})", label, series, log=key == "kl")
 

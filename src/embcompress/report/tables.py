@@ -111,13 +111,15 @@ def fidelity_table(report: dict[str, Any]) -> TableData:
     table = TableData(
         "Matrix fidelity", ["variant", "matrix", "rel. error", "freq-weighted error", "row cos mean", "row cos min"]
     )
-    for name, fidelity in _variants(report, "fidelity"):
+    for name, fidelity in variants(report, "fidelity"):
         table.rows.extend(_fid_row(name, role, fid) for role, fid in fidelity.items())
     return table
 
 
-def _variants(report: dict[str, Any], section: str) -> list[tuple[str, Any]]:
-    return [("student", report[section]), *((r["name"], r[section]) for r in report["references"])]
+def variants(report: dict[str, Any], section: str) -> list[tuple[str, Any]]:
+    """``(name, section)`` of the student, then of each quantization reference, where measured (not ``None``)."""
+    pairs = [("student", report[section]), *((r["name"], r[section]) for r in report["references"])]
+    return [(name, value) for name, value in pairs if value is not None]
 
 
 def fidelity_bucket_table(report: dict[str, Any]) -> TableData | None:
@@ -125,14 +127,14 @@ def fidelity_bucket_table(report: dict[str, Any]) -> TableData | None:
     if not fid.get("by_bucket"):
         return None
     shares = (report.get("data") or {}).get("buckets") or {}
-    names = [name for name, _ in _variants(report, "fidelity")]
+    names = [name for name, _ in variants(report, "fidelity")]
     table = TableData(
         "Input-matrix error by token frequency (rel. error / row cosine)",
         ["bucket", "token ids", "share of occurrences", *names],
     )
     for bucket in BUCKETS:
         row = [bucket, fmt(fid["by_bucket"][bucket]["rows"]), fmt(shares.get(bucket, {}).get("occurrence_share"))]
-        for _, f in _variants(report, "fidelity"):
+        for _, f in variants(report, "fidelity"):
             b = f["input"]["by_bucket"][bucket]
             row.append(f"{fmt(b['relative_error'], 3)} / {fmt(b['row_cosine_mean'], 3)}")
         table.rows.append(row)
@@ -170,10 +172,10 @@ BUCKET_KEYS = {
 def behaviour_table(report: dict[str, Any]) -> TableData | None:
     if report["behaviour"] is None:
         return None
-    variants = [(n, b) for n, b in _variants(report, "behaviour") if b is not None]
-    table = TableData(f"Behaviour vs the teacher ({report['task']})", ["metric", *(n for n, _ in variants)])
+    measured = variants(report, "behaviour")
+    table = TableData(f"Behaviour vs the teacher ({report['task']})", ["metric", *(n for n, _ in measured)])
     for key in BEHAVIOUR_KEYS[report["task"]]:
-        table.rows.append([key, *(fmt(b.get(key)) for _, b in variants)])
+        table.rows.append([key, *(fmt(b.get(key)) for _, b in measured)])
     return table
 
 
@@ -181,13 +183,12 @@ def behaviour_bucket_table(report: dict[str, Any]) -> TableData | None:
     beh = report["behaviour"]
     if beh is None or not beh.get("by_bucket"):
         return None
-    variants = [(n, b) for n, b in _variants(report, "behaviour") if b is not None]
     keys = BUCKET_KEYS[report["task"]]
     table = TableData(
         "Behaviour by frequency bucket of the predicted / input token", ["bucket", "variant", "tokens", *keys]
     )
     for bucket in BUCKETS:
-        for name, b in variants:
+        for name, b in variants(report, "behaviour"):
             row = b["by_bucket"][bucket]
             table.rows.append([bucket, name, fmt(row["tokens"]), *(fmt(row.get(k), 3) for k in keys)])
     return table
