@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -31,8 +30,6 @@ from .modules import CompressedEmbedding
 from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
 from .surgery import build_modules
 from .version import __version__
-
-logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"

@@ -110,7 +110,7 @@ class CompressOptions(Options):
         require(
             self.max_minutes is None or self.max_minutes > 0, "max_minutes", f"must be positive, got {self.max_minutes}"
         )
-        require(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        self.require_fraction("heldout_fraction")
         for name in ("dense_rows", "tail_rank"):
             value = getattr(self, name)
             require(value is None or value >= 0, name, f"must be >= 0, got {value}")

@@ -23,7 +23,7 @@ from .hf_integration import EmbcompressQuantizationConfig
 from .methods import FactorizationMethod, FitContext, get_method
 from .methods.base import MethodOptions, ProgressFn
 from .modules import CompressedEmbedding, FactorizedLinear
-from .options import Options, require
+from .options import Options
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name
 from .sizes import module_bytes
@@ -69,9 +69,7 @@ class FactorizeOptions(Options):
         bad = [t for t in self.targets if t not in ROLES]
         if bad or not self.targets:
             raise EmbcompressError(f"unknown target(s) {', '.join(bad) or '(none)'}; valid: input, output")
-        for name in ("rank", "rank_input", "rank_output"):
-            value = getattr(self, name)
-            require(value is None or value > 0, name, f"must be a positive integer, got {value}")
+        self.require_positive("rank", "rank_input", "rank_output", optional=True)
         budget_from(self.rank, self.energy, self.ratio)
         if self.factor_dtype is not None:
             dtype_from_name(self.factor_dtype)

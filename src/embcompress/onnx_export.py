@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -40,8 +39,6 @@ from .checkpoint import load as load_compressed
 from .errors import EmbcompressError
 from .modules import CompressedEmbedding, FactorizedLinear
 from .quant import fast_kernels
-
-logger = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
 ONNX_NAME = "model.onnx"
