@@ -8,6 +8,7 @@ from torch import nn
 
 from embcompress.config import ModuleSpec
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
+from embcompress.quant import GEMM_CHUNK, fast_kernels, int8_matmul_t, pad_int8
 
 V, H, R = 12, 6, 3
 
@@ -100,3 +101,20 @@ def test_linear_output_dtype_follows_hidden() -> None:
     codes, basis = factors()
     head = FactorizedLinear.from_source(FactorizedEmbedding.from_factors(spec(), codes, basis))
     assert head(torch.randn(2, H, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_int8_matmul_kernels_match_the_dequantized_product(rows: int) -> None:
+    """Both serving kernels (int8 GEMV for few rows, bfloat16 GEMM chunks for many) == x @ (q * s).T."""
+    torch.manual_seed(0)
+    q = torch.randint(-127, 128, (GEMM_CHUNK + 77, 72), dtype=torch.int8)
+    scale = torch.rand(q.shape[0], 1) + 0.5
+    x = torch.randn(2, rows, 72)
+    expected = x @ (q.float() * scale).T
+    with torch.no_grad():
+        got = int8_matmul_t(x, pad_int8(q), scale)
+        with fast_kernels(False):
+            exact = int8_matmul_t(x, q, scale)
+    torch.testing.assert_close(exact, expected, rtol=1e-5, atol=1e-3)
+    assert got.shape == expected.shape and not torch.equal(got, exact)
+    torch.testing.assert_close(got, expected, rtol=0, atol=float(8e-3 * expected.abs().max()))

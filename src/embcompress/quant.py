@@ -53,6 +53,8 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 #: ``_weight_int8pack_mm`` needs the reduction dimension padded to a multiple of this.
 INT8_MM_ALIGN = 32
+#: From this many activation rows on, the int8 table is multiplied as bfloat16 chunks of ``GEMM_CHUNK`` rows.
+GEMM_ROWS, GEMM_CHUNK = 16, 8192
 _FAST = {"enabled": True}
 
 
@@ -93,6 +95,16 @@ def pad_int8(q: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(q, (0, pad)).contiguous() if pad else q.contiguous()
 
 
+def _int8_bf16_mm(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``x @ table.T`` in bfloat16: the int8 GEMV kernel for few rows (reads 1 byte per weight); for
+    :data:`GEMM_ROWS` rows or more, bfloat16 GEMMs over table chunks converted on the fly (AMX/AVX-512
+    bf16 units; the conversion is amortised over the rows)."""
+    if x.shape[0] < GEMM_ROWS:
+        ones = torch.ones(table.shape[0], dtype=torch.bfloat16, device=table.device)
+        return torch._weight_int8pack_mm(x, table, ones)
+    return torch.cat([x @ part.to(torch.bfloat16).T for part in table.split(GEMM_CHUNK)], -1)
+
+
 def int8_matmul_t(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ (q[:, :K] * scale).T`` for an int8 table ``q`` (``N x K'``, ``K' >= K`` zero-padded columns
     allowed, see :func:`pad_int8`) with per-row ``scale`` (``N`` or ``N x 1``).
@@ -104,8 +116,7 @@ def int8_matmul_t(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None =
     if use_fast_kernel(x):
         table = q if q.shape[1] % INT8_MM_ALIGN == 0 else pad_int8(q)
         flat = torch.nn.functional.pad(x.reshape(-1, k), (0, table.shape[1] - k)).to(torch.bfloat16)
-        ones = torch.ones(table.shape[0], dtype=torch.bfloat16, device=table.device)
-        out = torch._weight_int8pack_mm(flat.contiguous(), table, ones).to(x.dtype).reshape(*x.shape[:-1], -1)
+        out = _int8_bf16_mm(flat.contiguous(), table).to(x.dtype).reshape(*x.shape[:-1], -1)
     else:
         out = x @ q[:, :k].to(x.dtype).T
     return out * scale.reshape(-1).to(x.dtype) if scale is not None else out
