@@ -152,7 +152,12 @@ class TransformCodedEmbedding(CompressedEmbedding):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
         dt = self.compute_dtype
-        z = self._levels(flat) * self.comp_scale.to(dt) * self.row_scale.to(dt)[flat, None]
+        if use_fast_kernel(self.comp_scale):  # inference: gather int8 grid indices, no bit unpacking
+            table, steps = self.int8_table()
+            levels = table[flat, : steps.shape[0]].to(dt) * steps
+        else:
+            levels = self._levels(flat)
+        z = levels * self.comp_scale.to(dt) * self.row_scale.to(dt)[flat, None]
         out = z @ self.basis.to(dt) + self.mean.to(dt)
         return out.reshape(*ids.shape, self.embedding_dim)
 
