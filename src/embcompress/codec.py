@@ -207,18 +207,15 @@ def _row_slices(rows: int) -> list[slice]:
     return [slice(start, min(rows, start + CHUNK_ROWS)) for start in range(0, rows, CHUNK_ROWS)]
 
 
-def _mean_row(x: torch.Tensor) -> torch.Tensor:
-    total = sum(x[sl].double().sum(0) for sl in _row_slices(x.shape[0]))
-    return (total / x.shape[0]).half().cpu()
-
-
-def _covariance(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Row covariance of ``x`` around ``mean`` (float64, on the CPU), from its Gram matrix: no centred copy."""
+def _mean_and_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp16 mean row and the row covariance around it (float64), on the CPU, from one pass for the
+    column sums and the chunked Gram matrix: no centred copy of ``x``."""
     rows = x.shape[0]
     total = sum(x[sl].double().sum(0) for sl in _row_slices(rows)).cpu()
+    mean = (total / rows).half()
     m = mean.double()
     cov = gram_matrix(x).cpu() - torch.outer(m, total) - torch.outer(total, m) + rows * torch.outer(m, m)
-    return cov / rows
+    return mean, cov / rows
 
 
 def _principal_basis(cov: torch.Tensor, metric: torch.Tensor | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +277,7 @@ def grid_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``(snapped levels, step)``. A snapped codebook makes every coded value an int8 times a
     per-component factor, which the serving kernel multiplies without de-quantizing (see
-    :func:`embcompress.quant.int8_matmul_t`); snapping costs about 0.3% of the squared error at 4 bits.
+    :func:`embcompress.quant.int8_matmul_t`); on MiniLM at 4 bits per weight the squared error grew 0.07%.
     Differentiable in ``levels`` (straight-through).
     """
     step = levels.detach().abs().amax().clamp_min(1e-30) / 127
@@ -424,8 +421,8 @@ def encode(
     """
     rows, cols = matrix.shape
     x = matrix.detach()
-    mean = _mean_row(x)
-    basis, variances = _principal_basis(_covariance(x, mean), metric, ridge)
+    mean, cov = _mean_and_covariance(x)
+    basis, variances = _principal_basis(cov, metric, ridge)
     budget = max_bytes if max_bytes is not None else int(bits_per_weight * rows * cols / 8)
     groups = _fit_groups(rows, cols, variances, budget, max_bits)
     if not groups:

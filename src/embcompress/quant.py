@@ -61,9 +61,9 @@ _FAST = {"enabled": True}
 def set_fast_kernels(enabled: bool) -> bool:
     """Turn the int8 serving kernel on or off for the whole process; returns the previous setting.
 
-    With it on (the default), inference-mode LM-head products over int8 tables run through
-    ``torch._weight_int8pack_mm`` on CPU: the table is read as int8 (4x fewer bytes than float32) and
-    the activations are rounded to bfloat16, so logits carry bfloat16 rounding (relative ~2e-3).
+    With it on (the default), inference-mode LM-head products over int8 tables on the CPU never
+    de-quantize the table (``torch._weight_int8pack_mm`` for few rows, bfloat16 GEMMs over table chunks
+    for many, see :func:`int8_matmul_t`); activations and logits are rounded to bfloat16 (relative ~2e-3).
     Turn it off for bit-for-bit float32 products.
     """
     previous, _FAST["enabled"] = _FAST["enabled"], bool(enabled)

@@ -126,10 +126,10 @@ class TransformCodedEmbedding(CompressedEmbedding):
         books = [self.get_parameter(f"codebook_{g}") for g in range(len(self.groups))]
         return [grid_levels(book.to(self.compute_dtype)) for book in books]
 
-    def _levels(self, ids: torch.Tensor) -> torch.Tensor:
+    def _levels(self, ids: torch.Tensor, books: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Codebook values ``u`` of rows ``ids`` (flat), ``(len(ids), K)`` in the compute dtype."""
         parts = []
-        for g, ((n, bits), (book, _)) in enumerate(zip(self.groups, self._books(), strict=True)):
+        for g, ((n, bits), (book, _)) in enumerate(zip(self.groups, books or self._books(), strict=True)):
             parts.append(book[unpack_bits(self.get_parameter(f"codes_{g}")[ids], bits, n)])
         return torch.cat(parts, -1)
 
@@ -145,7 +145,8 @@ class TransformCodedEmbedding(CompressedEmbedding):
                 books = self._books()
                 steps = torch.cat([step.expand(n) for (n, _), (_, step) in zip(self.groups, books, strict=True)])
                 chunks = torch.arange(self.num_embeddings, device=self.mean.device).split(HEAD_CHUNK)
-                table = pad_int8(torch.cat([torch.round(self._levels(ids) / steps).to(torch.int8) for ids in chunks]))
+                codes = [torch.round(self._levels(ids, books) / steps).to(torch.int8) for ids in chunks]
+                table = pad_int8(torch.cat(codes))
             self._table = (key, table, steps)
         return self._table[1], self._table[2]
 
