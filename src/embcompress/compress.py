@@ -49,6 +49,7 @@ from .selftext import head_input_moment, pooled_sensitivity, random_ids, sample_
 from .sizes import DENSE, layout_bytes
 from .sources import LoadOptions, load_source
 from .spectral import weighted_singular_values
+from .surgery import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -360,11 +361,24 @@ def _report_options(options: CompressOptions) -> ReportOptions:
     )
 
 
+def original_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The embedding matrices the recipe replaces, by module path. Factorizing swaps modules and never
+    writes to these tensors, so holding them costs no copy."""
+    targets = find_targets(model)
+    out = {targets.input_path: targets.input_module.weight.detach()}
+    if targets.output_module is not None and targets.output_path is not None:
+        out[targets.output_path] = targets.output_module.weight.detach()
+    return out
+
+
 def final_module_stats(
-    student: nn.Module, teacher: nn.Module, modules: list[dict[str, Any]], counts: torch.Tensor | None = None
+    student: nn.Module,
+    originals: dict[str, torch.Tensor],
+    modules: list[dict[str, Any]],
+    counts: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """Module statistics re-measured on the final (distilled, re-stored) factors (frequency-weighted
-    errors when ``counts`` are given)."""
+    """Module statistics re-measured on the final (distilled, re-stored) factors against the
+    ``originals`` (:func:`original_matrices`), frequency-weighted when ``counts`` are given."""
     weights = weights_from_counts(counts.float(), 0.5, 0.1) if counts is not None else None
     out = []
     for stats in modules:
@@ -373,7 +387,7 @@ def final_module_stats(
             continue
         module = student.get_submodule(stats["path"])
         source = getattr(module, "source", module)
-        original = teacher.get_submodule(stats["path"]).weight.detach()
+        original = originals[stats["path"]]
         serving_dense = bool(stats.get("serving_dense", False))
         out.append(module_stats(source.spec, original, source, weights, serving_dense).to_dict())
     return out
@@ -457,12 +471,14 @@ def compress_model(
 
     Default: the transform code, which needs no text. ``options.domain``: frequency buckets planned on
     ``options.data``. The teacher is a copy of ``model`` taken before anything changes; options and the
-    model are checked before that. ``model_name`` names the teacher in the summary and the reports.
+    model are checked before that; without distillation or reports no teacher is kept, only references
+    to the original matrices. ``model_name`` names the teacher in the summary and the reports.
     """
     reporter = reporter or LoggingReporter()
     options.check()
     config = check_model(model, options)
-    teacher = copy.deepcopy(model)
+    teacher = copy.deepcopy(model) if config is not None or options.report else None
+    originals = original_matrices(teacher or model)
     final_dtype = "int8" if options.domain else "float16"
     train_dtype = "float32" if config is not None else final_dtype
     counts, origin = None, None
@@ -474,7 +490,7 @@ def compress_model(
         summary, layout = _robust_factorize(model, tokenizer, options, train_dtype, reporter)
     summary["source"] = model_name
     log = ""
-    if config is not None:
+    if config is not None and teacher is not None:
         result = distill_model(
             model, teacher, tokenizer, config, options.data, teacher_name=model_name,
             accelerator=make_accelerator(device), reporter=reporter,
@@ -488,10 +504,10 @@ def compress_model(
     summary["recipe"] = {"options": options.to_dict(), "layout": layout, "frequency": origin}
     if options.domain:
         summary["recipe"]["buckets"] = summary.pop("buckets")
-    summary["modules"] = final_module_stats(model, teacher, summary.get("modules", []), counts)
+    summary["modules"] = final_module_stats(model, originals, summary.get("modules", []), counts)
     embedding_bytes = sum(m["bytes_after"] for m in summary["modules"])
     report = ood = None
-    if options.report:
+    if teacher is not None and options.report:
         report = _report(model, teacher, tokenizer, options, model_name, reporter)
         ood = _ood_report(model, teacher, tokenizer, options, model_name, reporter)
     mode = "domain" if options.domain else "robust"
