@@ -83,14 +83,13 @@ def card_metadata(
     kind: str | None = None,
     sentence_transformers: bool = False,
     source_readme: str | None = None,
-    license: str | None = None,
 ) -> list[str]:
     """YAML front-matter lines following the Hub's conventions for a quantized derivative."""
     lines = []
     base = base_model_id(source)
     if base:
         lines += [f"base_model: {base}", "base_model_relation: quantized"]
-    license = license or front_matter(source_readme).get("license")
+    license = front_matter(source_readme).get("license")
     if license:
         lines.append(f"license: {license}")
     lines.append(f"library_name: {'sentence-transformers' if sentence_transformers else 'transformers'}")
@@ -111,7 +110,6 @@ def render_card(
     kind: str | None = None,
     sentence_transformers: bool = False,
     source_readme: str | None = None,
-    license: str | None = None,
 ) -> str:
     """The README.md text of a compressed checkpoint: front matter (``base_model``, ``license``,
     ``library_name``, ``pipeline_tag``, tags), sizes, the distillation run and the measured quality table
@@ -119,9 +117,9 @@ def render_card(
 
     Keyword-only inputs (all optional): ``kind`` (a ``ModelKind`` value) picks ``pipeline_tag``;
     ``sentence_transformers`` (the source has ``modules.json``) sets ``library_name`` and tags;
-    ``source_readme`` (the source's README text) supplies ``license`` unless ``license`` is given.
+    ``source_readme`` (the source's README text) supplies ``license``.
     """
-    meta = card_metadata(source, kind, sentence_transformers, source_readme, license)
+    meta = card_metadata(source, kind, sentence_transformers, source_readme)
     sections = ["---\n" + "\n".join(meta) + "\n---", _header(source, architecture, summary)]
     if summary.get("distill"):
         sections.append(distill_section(summary["distill"]))

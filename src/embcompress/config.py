@@ -7,7 +7,6 @@ The compressed model's ``config.json`` carries ``quantization_config`` with
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +95,6 @@ class CompressionConfig:
             )
         modules = [ModuleSpec.from_dict(m) for m in data.pop("modules", [])]
         return _from_dict(cls, {**data, "modules": modules})
-
-    def to_json(self) -> str:
-        """JSON with sorted keys."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def module(self, path: str) -> ModuleSpec:
         """Return the spec for ``path``."""

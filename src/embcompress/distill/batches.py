@@ -36,9 +36,6 @@ class Batch:
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.key)
-
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across processes and Python versions)."""
