@@ -18,9 +18,6 @@ from torch import nn
 from .config import ModuleSpec
 from .quant import dequantize_rows, dtype_from_name, int8_matmul_t, quantize_rows
 
-#: Names of the factor tensors a linear factorization stores (scales added for int8).
-FACTOR_NAMES = ("codes", "basis")
-
 
 class CompressedEmbedding(nn.Module, abc.ABC):
     """What every compressed embedding module offers: an ``nn.Embedding``-compatible lookup, the
@@ -103,10 +100,14 @@ class FactorizedEmbedding(CompressedEmbedding):
         self.padding_idx = spec.padding_idx
         self.embed_scale = spec.embed_scale
         store = dtype_from_name(spec.factor_dtype)
-        shapes = {"codes": (spec.num_embeddings, spec.rank), "basis": (spec.rank, spec.embedding_dim)}
-        for name, shape in shapes.items():
+        for name, shape in self.factor_shapes(spec).items():
             self._register_factor(name, shape, store)
         self.offset = nn.Parameter(torch.zeros(spec.embedding_dim)) if spec.offset else None
+
+    @staticmethod
+    def factor_shapes(spec: ModuleSpec) -> dict[str, tuple[int, int]]:
+        """Name and shape of each factor tensor the module of ``spec`` stores."""
+        return {"codes": (spec.num_embeddings, spec.rank), "basis": (spec.rank, spec.embedding_dim)}
 
     def _register_factor(self, name: str, shape: tuple[int, int], store: torch.dtype) -> None:
         is_int = store == torch.int8
@@ -153,7 +154,7 @@ class FactorizedEmbedding(CompressedEmbedding):
 
     def factor_names(self) -> list[str]:
         """Names of the factor tensors (stored as ``spec.factor_dtype``; int8 ones carry ``<name>_scale``)."""
-        return list(FACTOR_NAMES)
+        return list(self.factor_shapes(self.spec))
 
     def with_factor_dtype(self, factor_dtype: str) -> FactorizedEmbedding:
         """A copy storing the factors as ``factor_dtype`` (int8: per-row scales); ``self`` is untouched.
@@ -173,10 +174,15 @@ class FactorizedEmbedding(CompressedEmbedding):
                     new.get_parameter(name).data = param.detach().clone()
         return new
 
+    def _factor_rows(self, name: str, ids: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+        """Rows ``ids`` of factor ``name`` in the compute dtype (de-quantized if stored as int8)."""
+        param = getattr(self, name)
+        if param.dtype == torch.int8:
+            return dequantize_rows(param[ids], getattr(self, f"{name}_scale")[ids], self.compute_dtype)
+        return F.embedding(ids, param, padding_idx).to(self.compute_dtype)
+
     def _codes_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.codes.dtype == torch.int8:
-            return dequantize_rows(self.codes[ids], self.codes_scale[ids], self.compute_dtype)
-        return F.embedding(ids, self.codes, self.padding_idx).to(self.compute_dtype)
+        return self._factor_rows("codes", ids, self.padding_idx)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Compute ``hidden @ E.T`` through the factors (the LM-head product)."""

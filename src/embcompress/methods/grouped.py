@@ -29,7 +29,6 @@ from ..allocation import RankBucket, greedy_ranks, kept_energy
 from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import FactorizedEmbedding
-from ..quant import dequantize_rows, dtype_from_name
 from ..sizes import DENSE, module_bytes
 from ..spectral import weighted_singular_values
 from .base import FactorizationMethod, FitContext, MethodOptions
@@ -186,40 +185,28 @@ class GroupedEmbedding(FactorizedEmbedding):
     """Per-bucket factors (or dense rows) plus the token permutation, in one module."""
 
     def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
-        nn.Module.__init__(self)
-        self.spec = spec
-        self.compute_dtype = compute_dtype
-        self.padding_idx = spec.padding_idx
-        self.embed_scale = spec.embed_scale
+        super().__init__(spec, compute_dtype)
         self.sizes: list[int] = [int(n) for n in spec.options["bucket_sizes"]]
         self.ranks: list[int | str] = list(spec.options["bucket_ranks"])
-        store = dtype_from_name(spec.factor_dtype)
-        for b, (size, rank) in enumerate(zip(self.sizes, self.ranks, strict=True)):
-            if rank == DENSE:
-                self._register_factor(f"rows_{b}", (size, spec.embedding_dim), store)
-            else:
-                self._register_factor(f"codes_{b}", (size, int(rank)), store)
-                self._register_factor(f"basis_{b}", (int(rank), spec.embedding_dim), store)
         perm = torch.zeros(spec.num_embeddings, dtype=torch.int32)
         self.register_parameter("perm", nn.Parameter(perm, requires_grad=False))
-        self.offset = None
 
-    def _rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        param = getattr(self, name)
-        if param.dtype == torch.int8:
-            return dequantize_rows(param[idx], getattr(self, f"{name}_scale")[idx], self.compute_dtype)
-        return param[idx].to(self.compute_dtype)
+    @staticmethod
+    def factor_shapes(spec: ModuleSpec) -> dict[str, tuple[int, int]]:
+        """``rows_b`` of a dense bucket ``b``, ``codes_b`` and ``basis_b`` of a linear one."""
+        shapes: dict[str, tuple[int, int]] = {}
+        for b, (size, rank) in enumerate(zip(spec.options["bucket_sizes"], spec.options["bucket_ranks"], strict=True)):
+            if rank == DENSE:
+                shapes[f"rows_{b}"] = (int(size), spec.embedding_dim)
+            else:
+                shapes[f"codes_{b}"] = (int(size), int(rank))
+                shapes[f"basis_{b}"] = (int(rank), spec.embedding_dim)
+        return shapes
 
     def _bucket_rows(self, b: int, local: torch.Tensor) -> torch.Tensor:
         if self.ranks[b] == DENSE:
-            return self._rows(f"rows_{b}", local)
-        return self._rows(f"codes_{b}", local) @ self.factor(f"basis_{b}")
-
-    def factor_names(self) -> list[str]:
-        names: list[str] = []
-        for b, rank in enumerate(self.ranks):
-            names += [f"rows_{b}"] if rank == DENSE else [f"codes_{b}", f"basis_{b}"]
-        return names
+            return self._factor_rows(f"rows_{b}", local)
+        return self._factor_rows(f"codes_{b}", local) @ self.factor(f"basis_{b}")
 
     def inverse_perm(self) -> torch.Tensor:
         """Position of each token id in bucket order, computed from ``perm`` on every call (one ``O(V)``
@@ -228,7 +215,7 @@ class GroupedEmbedding(FactorizedEmbedding):
         positions = torch.arange(perm.numel(), device=perm.device)
         return torch.zeros_like(perm).scatter(0, perm, positions)
 
-    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Every bucket is looked up for every id (indices clamped into the bucket) and the right one
         selected with ``where``: no data-dependent shapes or branches, so a bucket the example input of a
         trace never hits stays in the graph."""
@@ -242,10 +229,6 @@ class GroupedEmbedding(FactorizedEmbedding):
             start += size
         return out.reshape(*ids.shape, self.embedding_dim)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self._lookup(input_ids)
-        return out * self.embed_scale if self.embed_scale is not None else out
-
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-bucket logits through the factors, gathered back to token order (no ``V x H``
         matrix for linear buckets)."""
@@ -257,12 +240,6 @@ class GroupedEmbedding(FactorizedEmbedding):
             else:
                 parts.append(self.codes_product(h @ self.factor(f"basis_{b}").T, f"codes_{b}"))
         return torch.cat(parts, dim=-1).index_select(-1, self.inverse_perm())
-
-    def dense_rows(self, start: int, stop: int) -> torch.Tensor:
-        return self._lookup(torch.arange(start, stop, device=self.perm.device))
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._lookup(ids)
 
     def extra_repr(self) -> str:
         buckets = ", ".join(f"{n}@{r}" for n, r in zip(self.sizes, self.ranks, strict=True))

@@ -121,10 +121,6 @@ class NonlinearEmbedding(FactorizedEmbedding):
             z = act(grouped + self._p(f"dec_group{layer}_bias")) + first
         return codes @ self.factor("basis") + F.linear(z, self._p("dec_out_weight"), self._p("dec_out_bias"))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.decode(self._codes_rows(input_ids))
-        return out * self.embed_scale if self.embed_scale is not None else out
-
     def dense_rows(self, start: int, stop: int) -> torch.Tensor:
         ids = torch.arange(start, stop, device=self.codes.device)
         return torch.cat([self.decode(self._codes_rows(c)) for c in ids.split(_CHUNK)])
