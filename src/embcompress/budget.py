@@ -22,7 +22,7 @@ import torch
 from .config import ModuleSpec
 from .errors import BudgetError
 from .methods import FactorizationMethod
-from .spectral import energy_curve, rank_for_energy, singular_values
+from .spectral import energy_curve, rank_for_energy, singular_values, weighted_singular_values
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ def budget_from(rank: int | None, energy: float | None, ratio: float | None) -> 
 
 def spectrum(matrix: torch.Tensor, method: FactorizationMethod, row_weights: torch.Tensor | None) -> torch.Tensor:
     """Singular values the energy budget is measured on (row-weighted for weighted methods)."""
-    m = matrix.detach().float()
     if method.weighted_energy and row_weights is not None:
-        m = m * row_weights.to(m.device).float().clamp_min(0).sqrt()[:, None]
-    return singular_values(m)
+        return weighted_singular_values(matrix, row_weights.clamp_min(0))
+    return singular_values(matrix.detach().float())
 
 
 def rank_for_energy_budget(energy: float, singular: torch.Tensor, limit: int, role: str, weighted: bool = False) -> int:

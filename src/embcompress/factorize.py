@@ -75,17 +75,13 @@ class FactorizeOptions(Options):
             dtype_from_name(self.factor_dtype)
         method = get_method(self.method)
         method.parse_options(self.method_options)
-        if method.byte_budget and (self.energy is not None or self.rank_for("input") or self.rank_for("output")):
+        if method.byte_budget and {self.energy, self.rank, self.rank_input, self.rank_output} != {None}:
             raise BudgetError(f"method '{self.method}' takes a byte budget: pass --ratio R, not --rank or --energy")
 
     @property
     def method_config(self) -> MethodOptions:
         """The typed options of :attr:`method` parsed from :attr:`method_options`."""
         return get_method(self.method).parse_options(self.method_options)
-
-    def rank_for(self, role: str) -> int | None:
-        specific = self.rank_input if role == "input" else self.rank_output
-        return specific if specific is not None else self.rank
 
     def budget_for(self, role: str) -> Budget | None:
         """The budget of target ``role``: its own rank if given, else the shared rank/energy/ratio."""
@@ -150,12 +146,7 @@ def rank_limit(rows: int, cols: int, method: FactorizationMethod) -> int:
     return min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
 
 
-def _check_rank(rank: int | None, role: str, rows: int, cols: int, method: FactorizationMethod) -> int:
-    if rank is None:
-        raise BudgetError(
-            f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
-        )
-    limit = rank_limit(rows, cols, method)
+def _check_rank(rank: int, role: str, rows: int, cols: int, limit: int) -> int:
     if rank <= 0 or rank > limit:
         raise BudgetError(
             f"rank {rank} for the {role} embedding ({rows}x{cols}) must be between 1 and {limit}: "
@@ -215,9 +206,7 @@ def plan(
             )
         weight = (found.input_module if role == "input" else found.output_module).weight.detach()
         limit = rank_limit(rows, cols, method)
-        spec.rank = _check_rank(
-            resolve_rank(budget, spec, weight, method, limit, row_weights), role, rows, cols, method
-        )
+        spec.rank = _check_rank(resolve_rank(budget, spec, weight, method, limit, row_weights), role, rows, cols, limit)
         method.check_spec(spec)
         specs.append(spec)
     config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)

@@ -56,11 +56,9 @@ class FrequencyOptions(Options):
 
 @dataclass
 class TokenFrequencies:
-    """Counts of each token id and the derived row weights."""
+    """Row weights from the token counts of a corpus, and what was counted."""
 
-    counts: torch.Tensor
     weights: torch.Tensor
-    options: FrequencyOptions
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,4 +83,4 @@ def token_frequencies(tokenizer: Any, options: FrequencyOptions, vocab_size: int
         "exponent": options.exponent,
         "floor": options.floor,
     }
-    return TokenFrequencies(counts, weights_from_counts(counts, options.exponent, options.floor), options, info)
+    return TokenFrequencies(weights_from_counts(counts, options.exponent, options.floor), info)

@@ -118,14 +118,6 @@ class DistillConfig(Options):
         data["hidden_layers"] = list(self.hidden_layers)
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """Build from :meth:`to_dict` output; unknown keys are an error listing the allowed ones."""
-        data = dict(data)
-        if "weights" in data and isinstance(data["weights"], dict):
-            data["weights"] = LossWeights.from_dict(data["weights"])
-        return super().from_dict(data)
-
     def with_default_budget(self) -> DistillConfig:
         """A copy with ``max_minutes=30`` when no budget was given."""
         if self.steps is None and self.max_tokens is None and self.max_minutes is None:

@@ -20,6 +20,7 @@ from ..codec import REFERENCE_SCHEMES, reference_quantize
 from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
+from ..kinds import detect_kind
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
 from ..spectral import energy_curve, singular_values
@@ -27,7 +28,7 @@ from ..surgery import find_targets
 from ..version import __version__
 from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
 from .buckets import bucket_summary, frequency_buckets
-from .evalset import EvalOptions, build_eval_set, detect_task
+from .evalset import EvalOptions, build_eval_set
 from .fidelity import matrix_fidelity, quantized_rows, rows_of
 from .size import files_on_disk, model_size, module_size
 from .speed import measure_speed
@@ -105,7 +106,7 @@ def prepare_evaluation(
 ) -> Evaluation:
     """Token counts, frequency buckets, evaluation batches and teacher outputs (computed once)."""
     reporter = reporter or LoggingReporter()
-    task = detect_task(teacher)
+    task = detect_kind(teacher)
     counts_path = freq_data or data
     if counts_path is None:
         return Evaluation(task)

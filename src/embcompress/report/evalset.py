@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data import packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
-from ..kinds import ModelKind, detect_kind
 from ..options import Options
 
 logger = logging.getLogger(__name__)
@@ -63,11 +61,6 @@ class EvalSet:
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.task, "sequences": self.n_sequences, "tokens": self.n_tokens}
-
-
-def detect_task(model: nn.Module) -> ModelKind | None:
-    """The report's task for ``model``: its :class:`ModelKind`, or ``None`` (not evaluated)."""
-    return detect_kind(model)
 
 
 def _batched(rows: list[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
