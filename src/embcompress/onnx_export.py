@@ -57,13 +57,10 @@ class OnnxSignature:
 
 
 @dataclass
-class OnnxExportResult:
-    """What :func:`export_model_onnx` wrote."""
+class OnnxExportResult(OnnxSignature):
+    """What :func:`export_model_onnx` wrote: the signature, the file and its size."""
 
     path: str
-    inputs: list[str]
-    output: str
-    causal: bool
     file_bytes: int
     max_abs_diff: float | None = None
     initializers: dict[str, int] = field(default_factory=dict)
@@ -194,12 +191,7 @@ def export_model_onnx(
     if folded:
         raise EmbcompressError(f"ONNX export multiplied the factors out into dense initializer(s) {folded[:3]}")
     result = OnnxExportResult(
-        str(out),
-        signature.inputs,
-        signature.output,
-        signature.causal,
-        out.stat().st_size,
-        initializers=_initializer_bytes(onnx_model),
+        **asdict(signature), path=str(out), file_bytes=out.stat().st_size, initializers=_initializer_bytes(onnx_model)
     )
     if check:
         session = onnx_session(out)

@@ -126,25 +126,20 @@ def _ppl(nll: torch.Tensor) -> float:
 
 
 def _lm_summary(rows: dict[str, torch.Tensor], task: str) -> dict[str, Any]:
+    out = {
+        "tokens": int(rows["kl"].numel()),
+        "kl": float(rows["kl"].double().mean()),
+        "top5_agreement": float(rows["top5"].mean()),
+    }
     if task == "causal-lm":
         ppl_t, ppl_s = _ppl(rows["nll_teacher"]), _ppl(rows["nll_student"])
-        return {
-            "tokens": int(rows["kl"].numel()),
-            "perplexity_teacher": ppl_t,
-            "perplexity_student": ppl_s,
-            "perplexity_ratio": ppl_s / ppl_t,
-            "kl": float(rows["kl"].double().mean()),
-            "top1_agreement": float(rows["top1"].mean()),
-            "top5_agreement": float(rows["top5"].mean()),
-        }
-    return {
-        "tokens": int(rows["kl"].numel()),
-        "accuracy_teacher": float(rows["correct_teacher"].mean()),
-        "accuracy_student": float(rows["correct_student"].mean()),
-        "agreement": float(rows["top1"].mean()),
-        "top5_agreement": float(rows["top5"].mean()),
-        "kl": float(rows["kl"].double().mean()),
-    }
+        out.update(perplexity_teacher=ppl_t, perplexity_student=ppl_s, perplexity_ratio=ppl_s / ppl_t)
+        out["top1_agreement"] = float(rows["top1"].mean())
+        return out
+    out["accuracy_teacher"] = float(rows["correct_teacher"].mean())
+    out["accuracy_student"] = float(rows["correct_student"].mean())
+    out["agreement"] = float(rows["top1"].mean())
+    return out
 
 
 def _encoder_student_batch(model: nn.Module, batch: dict, teacher: dict) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from ..errors import EmbcompressError
 from ..kinds import detect_kind
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
+from ..sizes import unique_tensors
 from ..spectral import energy_curve, singular_values
 from ..surgery import find_targets
 from ..version import __version__
@@ -238,12 +239,9 @@ def quantized_copy(teacher: nn.Module, scheme: str) -> nn.Module:
     model = copy.deepcopy(teacher)
     found = find_targets(model)
     modules = [found.input_module] + ([found.output_module] if found.output_module is not None else [])
-    done: set[int] = set()
     with torch.no_grad():
-        for module in modules:
-            if id(module.weight) not in done:
-                module.weight.copy_(reference_quantize(scheme, module.weight.detach())[0])
-                done.add(id(module.weight))
+        for weight in unique_tensors(m.weight for m in modules):
+            weight.copy_(reference_quantize(scheme, weight.detach())[0])
     return model
 
 
@@ -371,22 +369,9 @@ def provenance_section(student: nn.Module, student_dir: Path | None, options: Re
     summary = _summary_file(student_dir)
     out: dict[str, Any] = {"compressed": config is not None, "versions": versions(), "report_seed": options.eval.seed}
     if config is not None:
-        out.update(
-            method=config.method,
-            seed=config.seed,
-            modules=[
-                {
-                    "path": m.path,
-                    "role": m.role,
-                    "method": m.method,
-                    "rank": m.rank,
-                    "factor_dtype": m.factor_dtype,
-                    "tied_to": m.tied_to,
-                    "options": m.options,
-                }
-                for m in config.modules
-            ],
-        )
+        keys = ("path", "role", "method", "rank", "factor_dtype", "tied_to", "options")
+        modules = [{key: getattr(m, key) for key in keys} for m in config.modules]
+        out.update(method=config.method, seed=config.seed, modules=modules)
     if summary is not None:
         out["summary"] = {k: summary.get(k) for k in ("source", "options", "embcompress_version") if k in summary}
         distill = {k: v for k, v in summary.items() if "distill" in k}
