@@ -129,7 +129,8 @@ def copy_aux_files(source_dir: Path | None, dest: Path) -> None:
             shutil.copy2(item, dest / item.name)
 
 
-def _has_tokenizer(folder: Path) -> bool:
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds tokenizer files."""
     return any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
 
 
@@ -197,7 +198,7 @@ def save_model_files(
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(model, "can_generate", lambda: False)():
         gen.save_pretrained(str(folder))
-    if tokenizer is not None and not _has_tokenizer(folder):
+    if tokenizer is not None and not has_tokenizer(folder):
         tokenizer.save_pretrained(str(folder))
 
 

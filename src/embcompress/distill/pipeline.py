@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from torch import nn
 from ..checkpoint import (
     SUMMARY_NAME,
     check_output_dir,
+    has_tokenizer,
     read_compression_config,
     write_checkpoint,
 )
@@ -54,13 +56,8 @@ def check_data(data: str | os.PathLike[str] | None, config: DistillConfig, cachi
 def load_student(folder: str | os.PathLike[str], device: str) -> tuple[nn.Module, Any | None, dict[str, Any]]:
     """The compressed student (strictly checked), its tokenizer if any, and its summary JSON."""
     path = Path(folder)
-    if not path.is_dir():
-        raise CheckpointError(f"student '{folder}' is not a folder; pass the output of `embcompress factorize`")
-    read_compression_config(path)
     model = load_compressed(path, device=device)
-    tokenizer = None
-    if any((path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path)) if has_tokenizer(path) else None
     summary_file = path / SUMMARY_NAME
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return model, tokenizer, summary
@@ -236,7 +233,7 @@ def distill_checkpoint(
     accelerator.wait_for_everyone()
     with reporter.stage(f"loading student {student}"):
         s_model, s_tok, s_summary = load_student(student, "cpu")
-    _source, t_model, t_tok = load_source(teacher, LoadOptions(**{**load.__dict__, "device": "cpu"}), reporter)
+    _source, t_model, t_tok = load_source(teacher, dataclasses.replace(load, device="cpu"), reporter)
     check_pair(s_model, t_model, s_tok, t_tok)
     tokenizer = s_tok or t_tok
     result = distill_model(

@@ -11,6 +11,7 @@ import math
 import signal
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,13 +243,13 @@ class Distiller:
         dev = self.acc.device
         return ids.to(dev), mask.to(dev), chosen.to(dev) if chosen is not None else None
 
-    def loss(self, batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the active loss terms on one micro-batch, and each term's value."""
         seed = derive_seed(self.cfg.seed, self.acc.process_index, batch.key, 3)
         ids, mask, chosen = self._inputs(batch, seed)
         target = self._teacher(ids, mask, batch.key)
         with self.acc.autocast():
-            out = forward(model or self.model, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
+            out = forward(self.model, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
         terms = self._terms(out, target, ids, mask, batch, chosen, seed)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}  # type: ignore[return-value]
@@ -303,32 +304,28 @@ class Distiller:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out agreement with the teacher (computed identically on every process)."""
-        sums: dict[str, float] = {}
-
-        def add(name: str, value: torch.Tensor | float) -> None:
-            sums[name] = sums.get(name, 0.0) + float(value)
-
+        sums: defaultdict[str, float] = defaultdict(float)
         for index, batch in enumerate(self.eval_batches):
             ids, mask, chosen = self._inputs(batch, derive_seed(self.cfg.seed, index, 4))
             with self.acc.autocast():
                 t = forward(self.teacher, ids, mask, self.kind, (), False)
                 s = forward(self.student, ids, mask, self.kind, (), False)
             if self.kind == ModelKind.ENCODER:
-                add("cosine", losses.pooled_cosine(s.last_hidden, t.last_hidden, mask).sum())  # type: ignore[arg-type]
-                add("n", ids.shape[0])
+                sums["cosine"] += float(losses.pooled_cosine(s.last_hidden, t.last_hidden, mask).sum())  # type: ignore[arg-type]
+                sums["n"] += ids.shape[0]
                 continue
             n = float(mask.sum())
-            add("kl", losses.kl_logits(s.logits, t.logits, mask, 1.0) * n)  # type: ignore[arg-type]
-            add("n", n)
+            sums["kl"] += float(losses.kl_logits(s.logits, t.logits, mask, 1.0) * n)  # type: ignore[arg-type]
+            sums["n"] += n
             if self.kind == ModelKind.CAUSAL_LM:
                 pairs = float(mask[:, 1:].sum())
-                add("ce_student", losses.causal_lm(s.logits, ids, mask) * pairs)  # type: ignore[arg-type]
-                add("ce_teacher", losses.causal_lm(t.logits, ids, mask) * pairs)  # type: ignore[arg-type]
-                add("pairs", pairs)
+                sums["ce_student"] += float(losses.causal_lm(s.logits, ids, mask) * pairs)  # type: ignore[arg-type]
+                sums["ce_teacher"] += float(losses.causal_lm(t.logits, ids, mask) * pairs)  # type: ignore[arg-type]
+                sums["pairs"] += pairs
             elif chosen is not None:
                 agree = (s.logits.argmax(-1) == t.logits.argmax(-1)) & chosen  # type: ignore[union-attr]
-                add("agree", agree.sum())
-                add("masked", chosen.sum())
+                sums["agree"] += float(agree.sum())
+                sums["masked"] += float(chosen.sum())
         return self._metrics(sums)
 
     def _metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -380,14 +377,9 @@ class Distiller:
 
     def progress(self) -> float:
         """Fraction used of the tightest budget."""
-        cfg, parts = self.cfg, [0.0]
-        if cfg.steps:
-            parts.append(self.step / cfg.steps)
-        if cfg.max_tokens:
-            parts.append(self.tokens / cfg.max_tokens)
-        if cfg.max_minutes:
-            parts.append(self.elapsed / (60.0 * cfg.max_minutes))
-        return max(parts)
+        cfg = self.cfg
+        budgets = ((self.step, cfg.steps), (self.tokens, cfg.max_tokens), (self.elapsed, 60.0 * (cfg.max_minutes or 0)))
+        return max([0.0] + [used / limit for used, limit in budgets if limit])
 
     @contextlib.contextmanager
     def _sigint(self) -> Iterator[None]:
