@@ -24,7 +24,7 @@ from torch import nn
 from .card import render_card
 from .config import QUANT_METHOD, CompressionConfig
 from .errors import CheckpointError, EmbcompressError
-from .hf_integration import EmbcompressQuantizationConfig, is_load_guard_key, load_guard_tensors
+from .hf_integration import EmbcompressQuantizationConfig, load_guard_keys, load_guard_tensors
 from .kinds import detect_kind
 from .modules import CompressedEmbedding
 from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
@@ -261,13 +261,14 @@ def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
     stored = _stored_shapes(files)
     expected = expected_factor_shapes(config)
     replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
+    guards = load_guard_keys(config)
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(
         k
         for k in set(stored) - set(expected)
         if any(k.startswith(f"{p}.") for p in replaced)
         and not k.endswith(".bias")
-        and not (is_load_guard_key(k, config) and stored[k] == (0,))
+        and not (k in guards and stored[k] == (0,))
     )
     misshapen = [
         f"{k} {list(stored[k])} (config says {list(v)})"
@@ -330,14 +331,13 @@ def write_checkpoint(
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
         name = str(summary.get("source", source.name))
-        kind = detect_kind(model)
         readme, st_layout = _source_card_facts(source)
         card = render_card(
             name,
             type(model).__name__,
             summary,
             quality,
-            kind=None if kind is None else kind.value,
+            kind=detect_kind(model),
             sentence_transformers=st_layout,
             source_readme=readme,
         )

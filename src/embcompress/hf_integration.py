@@ -44,11 +44,6 @@ def load_guard_tensors(config: CompressionConfig) -> dict[str, torch.Tensor]:
     return {key: torch.zeros(0, dtype=torch.uint8) for key in load_guard_keys(config)}
 
 
-def is_load_guard_key(key: str, config: CompressionConfig) -> bool:
-    """Whether ``key`` in a weights file is a guard tensor (not a factor or a stray dense weight)."""
-    return key in load_guard_keys(config)
-
-
 class EmbcompressQuantizationConfig(QuantizationConfigMixin):
     """``quantization_config`` section of a compressed checkpoint (wraps :class:`CompressionConfig`)."""
 

@@ -197,15 +197,12 @@ def load_model(
             f"'{source.name}' is quantized with '{quant}'; embcompress needs a float checkpoint "
             "(de-quantize it first or pass the original model)"
         )
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    else:
-        kwargs["use_safetensors"] = True
+    kwargs = _hf_kwargs(source, trust_remote_code)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(source.path), **_cfg_kwargs(kwargs))
+        config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
         cls = model_class(config, bool(source.gguf_file))
-        model = cls.from_pretrained(str(source.path), **kwargs)
+        safetensors = {} if source.gguf_file else {"use_safetensors": True}
+        model = cls.from_pretrained(str(source.path), dtype=dtype, **safetensors, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
     if source.gguf_file:
@@ -213,17 +210,15 @@ def load_model(
     return model.to(device).eval()
 
 
-def _cfg_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
+def _hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
+    """What every transformers loader is given for ``source``: the GGUF file (if any) and ``trust_remote_code``."""
+    return {"trust_remote_code": trust_remote_code, **({"gguf_file": source.gguf_file} if source.gguf_file else {})}
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any | None:
     """The tokenizer of ``source``, or ``None`` when the folder has none."""
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
+        return transformers.AutoTokenizer.from_pretrained(str(source.path), **_hf_kwargs(source, trust_remote_code))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("no tokenizer loaded from %s: %s", source.path, str(exc).splitlines()[0])
         return None
