@@ -42,23 +42,17 @@ def corpus_files(path: str | Path) -> list[Path]:
 
 def _read_text(file: Path) -> Iterator[str]:
     """Blocks separated by empty lines, read a line at a time (a multi-GB file streams in bounded memory)."""
-    block: list[str] = []
     try:
         with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if number == 0 and "\x00" in line[:4096]:
-                    raise EmbcompressError(f"data file '{file}' looks binary, not text")
-                if line != "\n":
-                    block.append(line)
-                elif block:
-                    text = "".join(block).strip()
-                    block = []
-                    if text:
-                        yield text
+            if "\x00" in handle.readline()[:4096]:
+                raise EmbcompressError(f"data file '{file}' looks binary, not text")
+            handle.seek(0)
+            for is_text, lines in itertools.groupby(handle, key=lambda line: line != "\n"):
+                text = "".join(lines).strip() if is_text else ""
+                if text:
+                    yield text
     except UnicodeDecodeError:
         raise EmbcompressError(f"data file '{file}' is not UTF-8 text") from None
-    if block and "".join(block).strip():
-        yield "".join(block).strip()
 
 
 def _text_of(record: Any, file: Path, field: str | None) -> str:

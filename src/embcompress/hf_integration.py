@@ -98,7 +98,5 @@ class EmbcompressHfQuantizer(HfQuantizer):
 
 def register() -> None:
     """Register the config and quantizer with transformers (idempotent)."""
-    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not EmbcompressQuantizationConfig:
-        AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD] = EmbcompressQuantizationConfig
-    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not EmbcompressHfQuantizer:
-        AUTO_QUANTIZER_MAPPING[QUANT_METHOD] = EmbcompressHfQuantizer
+    AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD] = EmbcompressQuantizationConfig
+    AUTO_QUANTIZER_MAPPING[QUANT_METHOD] = EmbcompressHfQuantizer

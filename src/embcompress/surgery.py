@@ -48,11 +48,8 @@ def _paths_of(model: nn.Module, module: nn.Module) -> list[str]:
 
 
 def _get_embeddings(model: nn.Module, getter: str) -> nn.Module | None:
-    fn = getattr(model, getter, None)
-    if fn is None:
-        return None
     try:
-        return fn()
+        return getattr(model, getter)()
     except (NotImplementedError, AttributeError):
         return None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 import torch
 import typer
@@ -46,8 +45,7 @@ def _root(
 # Each command module registers itself on `app` when imported.
 COMMAND_MODULES = ("factorize", "inspect_cmd", "export", "distill", "report", "sweep", "compress_cmd")
 for _name in COMMAND_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
+    importlib.import_module(f"{__name__}.{_name}")
 
 
 def main() -> None:

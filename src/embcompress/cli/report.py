@@ -71,7 +71,6 @@ def load_student(name: str, dtype: str, device: str) -> tuple[Any, Any, Path | N
 
 def default_teacher(student_dir: Path | None) -> str:
     """The ``source`` recorded in the student's ``embcompress.json``."""
-
     summary = student_dir / SUMMARY_NAME if student_dir else None
     if summary is not None and summary.is_file():
         source = json.loads(summary.read_text()).get("source")

@@ -167,11 +167,8 @@ def _greedy(
 def allocate_ranks(spectra: list[torch.Tensor], sizes: list[int], cols: int, budget: int) -> list[int | str]:
     """Best of the greedy allocations with no dense bucket or one dense bucket; linear buckets
     whose factors would outgrow their dense rows become dense."""
-    best: tuple[list[int | str], float] | None = None
-    for dense in [set(), *({b} for b in range(len(sizes)))]:
-        result = _greedy(spectra, sizes, cols, budget, dense)
-        if result is not None and (best is None or result[1] > best[1]):
-            best = result
+    results = [_greedy(spectra, sizes, cols, budget, dense) for dense in [set(), *({b} for b in range(len(sizes)))]]
+    best = max((r for r in results if r is not None), key=lambda r: r[1], default=None)
     if best is None:
         need = sum(size + cols for size in sizes)
         raise BudgetError(f"grouped: the budget of {budget} parameters is below {need}, rank 1 in every bucket")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..codec import reference_quantize
-from ..modules import CompressedEmbedding, FactorizedLinear
+from ..modules import FactorizedLinear
 from .buckets import BUCKETS
 
 RowFn = Callable[[int, int], torch.Tensor]
@@ -21,7 +21,7 @@ def rows_of(module: nn.Module) -> RowFn:
     """A function returning rows ``start:stop`` of the (approximated) matrix held by ``module``."""
     if isinstance(module, FactorizedLinear):
         module = module.source
-    if isinstance(module, CompressedEmbedding) or hasattr(module, "dense_rows"):
+    if hasattr(module, "dense_rows"):
         return module.dense_rows  # type: ignore[no-any-return]
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor):
@@ -80,12 +80,9 @@ def _by_bucket(
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(BUCKETS):
         mask = buckets == i
-        if not bool(mask.any()):
-            out[name] = {"rows": 0, "relative_error": None, "row_cosine_mean": None, "row_cosine_min": None}
-            continue
         out[name] = {
             "rows": int(mask.sum()),
-            "relative_error": _ratio(diff2[mask], ref2[mask]),
+            "relative_error": _ratio(diff2[mask], ref2[mask]) if bool(mask.any()) else None,
             **_cosine_stats(cos[mask], ref2[mask]),
         }
     return out

@@ -90,7 +90,7 @@ def files_on_disk(folder: Path | None, gguf_file: str | None = None) -> dict[str
         path = folder / gguf_file
         size = os.path.getsize(path)
         return {"total_bytes": size, "weights_bytes": size, "files": 1, "note": "GGUF file (quantized on disk)"}
-    files = [p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])]
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     weights = [p for p in files if p.name.endswith(WEIGHT_SUFFIXES)]
     return {
         "total_bytes": sum(os.path.getsize(p) for p in files),

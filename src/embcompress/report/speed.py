@@ -62,11 +62,10 @@ def _measure(teacher: nn.Module, student: nn.Module, batch: dict[str, torch.Tens
         median_seconds(lambda: emb_t(ids), repeats), median_seconds(lambda: emb_s(ids), repeats)
     )
     head_t, head_s = teacher.get_output_embeddings(), student.get_output_embeddings()
+    out["lm_head"] = None
     if head_t is not None and head_s is not None:
         hidden = torch.randn(*ids.shape, emb_t.weight.shape[1], generator=torch.Generator().manual_seed(0))
         out["lm_head"] = _pair(
             median_seconds(lambda: head_t(hidden), repeats), median_seconds(lambda: head_s(hidden), repeats)
         )
-    else:
-        out["lm_head"] = None
     return out
