@@ -84,10 +84,6 @@ def save_state(
     return target
 
 
-def has_state(folder: Path) -> bool:
-    return (folder / LAST / STATE_JSON).is_file()
-
-
 def load_state(
     folder: Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None, dict[str, Any]]:

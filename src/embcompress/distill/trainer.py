@@ -31,7 +31,7 @@ from .batches import Batch, derive_seed
 from .cache import TeacherCache
 from .config import DistillConfig
 from .model_utils import Outputs, factorized_sources, forward, freeze, select_trainable
-from .state import check_resumable, has_state, load_state, save_state
+from .state import check_resumable, load_state, save_state
 
 logger = logging.getLogger(__name__)
 LOG_NAME = "distill_log.jsonl"
@@ -173,21 +173,16 @@ class Distiller:
         self._interrupt = False
         self.saved_step = 0
         self._shown = 0
-        self.resumed = resume and has_state(state_dir)
-        if resume and not self.resumed:
-            raise EmbcompressError(f"--resume: no training checkpoint in '{state_dir}'")
-        if self.resumed:
+        self.resumed = resume
+        if resume:
             self._restore()
 
     # -- setup ------------------------------------------------------------------------------------
     def _recon_pairs(self) -> list[tuple[CompressedEmbedding, torch.Tensor]]:
         if self.weights["recon"] <= 0:
             return []
-        pairs = []
-        for role, module in factorized_sources(self.student):
-            dense = self.teacher.get_input_embeddings() if role == "input" else self.teacher.get_output_embeddings()
-            pairs.append((module, dense.weight.detach()))
-        return pairs
+        dense = {"input": self.teacher.get_input_embeddings(), "output": self.teacher.get_output_embeddings()}
+        return [(module, dense[role].weight.detach()) for role, module in factorized_sources(self.student)]
 
     def _restore(self) -> None:
         trainable, optim, best, info = load_state(self.state_dir)

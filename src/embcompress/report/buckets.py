@@ -10,13 +10,11 @@ FREQUENT_SHARE = 0.5
 MEDIUM_SHARE = 0.9
 
 
-def frequency_buckets(
-    counts: torch.Tensor, frequent_share: float = FREQUENT_SHARE, medium_share: float = MEDIUM_SHARE
-) -> torch.Tensor:
+def frequency_buckets(counts: torch.Tensor) -> torch.Tensor:
     """Bucket index (into :data:`BUCKETS`) of every token id, by its share of occurrences.
 
     Tokens are ranked by count; ``frequent`` are the most frequent tokens that together cover the
-    first ``frequent_share`` of occurrences, ``medium`` the next ones up to ``medium_share``,
+    first :data:`FREQUENT_SHARE` of occurrences, ``medium`` the next ones up to :data:`MEDIUM_SHARE`,
     ``rare`` the remaining seen tokens and ``never`` the tokens with count 0. Being defined by
     coverage, the buckets do not depend on the size of the corpus.
     """
@@ -26,8 +24,8 @@ def frequency_buckets(
     sorted_counts = counts[order]
     before = (sorted_counts.cumsum(0) - sorted_counts) / max(total, 1e-30)
     bucket = torch.full_like(order, 2)
-    bucket[before < medium_share] = 1
-    bucket[before < frequent_share] = 0
+    bucket[before < MEDIUM_SHARE] = 1
+    bucket[before < FREQUENT_SHARE] = 0
     bucket[sorted_counts == 0] = 3
     out = torch.empty_like(order)
     out[order] = bucket
