@@ -11,6 +11,7 @@ Impossible budgets raise :class:`BudgetError` with the nearest feasible value.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import math
@@ -87,14 +88,8 @@ def rank_for_ratio_budget(
             f"--ratio {ratio} is not reachable for the {spec.role} embedding: rank 1 already gives "
             f"{smallest:.1f}x; the nearest feasible value is --ratio {math.floor(smallest * 10) / 10}"
         )
-    lo, hi = 1, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if dense_bytes / nbytes(mid) >= ratio:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    # compression falls as the rank grows: the ranks reaching ``ratio`` are 1 .. the count of them
+    return bisect.bisect_left(range(1, limit + 1), True, key=lambda rank: dense_bytes / nbytes(rank) < ratio)
 
 
 def resolve_rank(

@@ -28,15 +28,13 @@ def table_markdown(table: TableData) -> str:
 def glance_markdown(report: dict[str, Any]) -> str:
     """The at-a-glance table (the model against int8/int4 and the teacher) with the text it was measured on."""
     data = report.get("data") or {}
-    where = data.get("eval") or {} if isinstance(data, dict) else {}
-    source = data.get("path") if isinstance(data, dict) else None
     if report.get("behaviour") is None:
         return (
             "No evaluation text was given, so only sizes and matrix errors were measured; run\n"
             "`embcompress report THIS_FOLDER --data YOUR_TEXT` before shipping."
         )
-    where_text = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
-    return f"Held-out text: `{source}` ({where_text}).\n\n{table_markdown(glance_table(report))}"
+    where_text = ", ".join(f"{k}={v}" for k, v in sorted((data.get("eval") or {}).items()))
+    return f"Held-out text: `{data.get('path')}` ({where_text}).\n\n{table_markdown(glance_table(report))}"
 
 
 def title_of(report: dict[str, Any]) -> str:
@@ -73,14 +71,12 @@ def to_html(report: dict[str, Any]) -> str:
     note = needs_text_note(report)
     if note:
         body.append(f'<p class="note">{html.escape(note)}</p>')
-    tables = report_tables(report)
-    body += [table_html(t) for t in tables[:2]]
+    body += [table_html(t) for t in report_tables(report)]
     figures = [
         ("Spectrum of the original matrices", spectrum_figure(report["spectrum"])),
         ("Error by token frequency", bucket_error_figure(report)),
         ("Behaviour by token frequency", bucket_behaviour_figure(report)),
     ]
-    body += [table_html(t) for t in tables[2:]]
     body += [f"<h2>{html.escape(title)}</h2><figure>{svg}</figure>" for title, svg in figures if svg]
     return _page(title_of(report), body)
 
