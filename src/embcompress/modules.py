@@ -181,9 +181,6 @@ class FactorizedEmbedding(CompressedEmbedding):
             return dequantize_rows(param[ids], getattr(self, f"{name}_scale")[ids], self.compute_dtype)
         return F.embedding(ids, param, padding_idx).to(self.compute_dtype)
 
-    def _codes_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._factor_rows("codes", ids, self.padding_idx)
-
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Compute ``hidden @ E.T`` through the factors (the LM-head product)."""
         h = hidden.to(self.compute_dtype)
@@ -201,7 +198,7 @@ class FactorizedEmbedding(CompressedEmbedding):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the approximated matrix (without ``embed_scale``), differentiable in the factors."""
-        out = self._codes_rows(ids) @ self.factor("basis")
+        out = self._factor_rows("codes", ids, self.padding_idx) @ self.factor("basis")
         return out - self.offset.to(out.dtype) if self.offset is not None else out
 
 

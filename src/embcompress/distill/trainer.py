@@ -344,7 +344,7 @@ class Distiller:
     def _record_eval(self, metrics: dict[str, float]) -> bool:
         """Track the best parameters; return True when early stopping should end the run."""
         primary = self._primary(metrics)
-        self._log({"event": "eval", "step": self.step, "tokens": self.tokens, **metrics})
+        self._log("eval", tokens=self.tokens, **metrics)
         self.history.append({"step": self.step, **metrics})
         if primary < self.best_metric - 1e-9 or self.best is None:
             self.best_metric, self.best_step, self.bad_evals = primary, self.step, 0
@@ -354,12 +354,13 @@ class Distiller:
         return self.cfg.patience > 0 and self.bad_evals >= self.cfg.patience
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, event: str, **record: Any) -> None:
+        """Append ``{"event": event, "step": ..., **record}`` to the JSON-lines training log (main process)."""
         if not self.acc.is_main_process:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with (self.state_dir / LOG_NAME).open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json.dumps({"event": event, "step": self.step, **record}, sort_keys=True) + "\n")
 
     def checkpoint(self) -> None:
         """Write the training state (main process; every process waits for it)."""
@@ -423,7 +424,7 @@ class Distiller:
     def _diverged(self, loss: float) -> DistillDiverged:
         self.optimizer.zero_grad(set_to_none=True)
         saved = self.saved_step
-        self._log({"event": "diverged", "step": self.step, "loss": loss})
+        self._log("diverged", loss=loss)
         return DistillDiverged(
             f"the loss became {loss} at step {self.step + 1}; stopped. The last good checkpoint (step {saved}) "
             f"is kept in '{self.state_dir}': continue with --resume and a lower --lr"
@@ -482,18 +483,8 @@ class Distiller:
         self.step += 1
         self.tokens += tokens
         tok_s = tokens / max(1e-9, time.perf_counter() - step_start)
-        self._log(
-            {
-                "event": "step",
-                "step": self.step,
-                "loss": loss,
-                "lr": lr,
-                "tokens": self.tokens,
-                "tokens_per_s": tok_s,
-                "elapsed": self.elapsed,
-                **{f"loss_{k}": v for k, v in terms.items()},
-            }
-        )
+        per_term = {f"loss_{k}": v for k, v in terms.items()}
+        self._log("step", loss=loss, lr=lr, tokens=self.tokens, tokens_per_s=tok_s, elapsed=self.elapsed, **per_term)
         shown = {"step": float(self.step), "loss": loss, "tok/s": tok_s}
         if self.history:
             shown[f"eval_{PRIMARY[self.kind]}"] = self.history[-1][PRIMARY[self.kind]]
@@ -514,7 +505,7 @@ class Distiller:
         if self.best is not None:
             self._load_params(self.best)
         after = next(h for h in self.history if h["step"] == self.best_step)
-        self._log({"event": "done", "step": self.step, "reason": reason, "best_step": self.best_step})
+        self._log("done", reason=reason, best_step=self.best_step)
         return DistillResult(
             kind=self.kind,
             steps=self.step,

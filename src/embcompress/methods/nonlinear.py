@@ -123,10 +123,10 @@ class NonlinearEmbedding(FactorizedEmbedding):
 
     def dense_rows(self, start: int, stop: int) -> torch.Tensor:
         ids = torch.arange(start, stop, device=self.codes.device)
-        return torch.cat([self.decode(self._codes_rows(c)) for c in ids.split(_CHUNK)])
+        return torch.cat([self.rows(c) for c in ids.split(_CHUNK)])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decode(self._codes_rows(ids))
+        return self.decode(self._factor_rows("codes", ids, self.padding_idx))
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden @ E_hat.T``: materialises the decoded ``V x H`` matrix (``serving_dense``)."""

@@ -89,6 +89,20 @@ def bucket_behaviour_figure(report: dict[str, Any]) -> str | None:
     return _grouped_bars(f"Behaviour by frequency bucket ({key})", label, series, log=key == "kl")
 
 
+def _xy(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Embedding megabytes and metric values of sweep points (the axes of the quality-vs-size plot)."""
+    return [p["embedding_bytes"] / 1e6 for p in points], [p["value"] for p in points]
+
+
+def _labelled(
+    ax: Any, points: list[dict[str, Any]], key: str, size: int, offset: tuple[int, int], **style: Any
+) -> None:
+    """Scatter ``points`` drawn with ``style`` and write each point's ``key`` beside it."""
+    ax.scatter(*_xy(points), **style)
+    for p, xy in zip(points, zip(*_xy(points), strict=True), strict=True):
+        ax.annotate(p[key], xy, fontsize=size, xytext=offset, textcoords="offset points")
+
+
 def pareto_figure(sweep: dict[str, Any]) -> str:
     """Quality vs embedding bytes for every sweep point, the Pareto front, and the int8/int4 points."""
     metric, higher = sweep["metric"], sweep["higher_is_better"]
@@ -96,45 +110,14 @@ def pareto_figure(sweep: dict[str, Any]) -> str:
     methods = sorted({p["method"] for p in sweep["points"] if p.get("value") is not None})
     for marker, method in zip("osD^v<>ph", methods, strict=False):
         pts = [p for p in sweep["points"] if p["method"] == method and p.get("value") is not None]
-        ax.scatter([p["embedding_bytes"] / 1e6 for p in pts], [p["value"] for p in pts], marker=marker, label=method)
-        for p in pts:
-            ax.annotate(
-                p["label"],
-                (p["embedding_bytes"] / 1e6, p["value"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+        _labelled(ax, pts, "label", 7, (3, 3), marker=marker, label=method)
     refs = [r for r in sweep["references"] if r.get("value") is not None]
-    ax.scatter(
-        [r["embedding_bytes"] / 1e6 for r in refs],
-        [r["value"] for r in refs],
-        marker="*",
-        s=160,
-        color="black",
-        label="per-row quantization",
-        zorder=3,
-    )
-    for r in refs:
-        ax.annotate(
-            r["method"],
-            (r["embedding_bytes"] / 1e6, r["value"]),
-            fontsize=9,
-            xytext=(4, -10),
-            textcoords="offset points",
-        )
+    _labelled(ax, refs, "method", 9, (4, -10), marker="*", s=160, color="black", label="per-row quantization", zorder=3)
     front = sorted(
         (p for p in sweep["points"] + sweep["references"] if p.get("pareto")), key=lambda p: p["embedding_bytes"]
     )
     if front:
-        ax.step(
-            [p["embedding_bytes"] / 1e6 for p in front],
-            [p["value"] for p in front],
-            where="post",
-            color="tab:red",
-            linewidth=1.2,
-            label="Pareto front",
-        )
+        ax.step(*_xy(front), where="post", color="tab:red", linewidth=1.2, label="Pareto front")
     ax.axvline(sweep["original_bytes"] / 1e6, color="grey", linestyle=":", label="original size")
     values = [p["value"] for p in sweep["points"] + refs if p.get("value") is not None]
     if not higher and values and min(values) > 0 and max(values) / min(values) > 20:
