@@ -34,9 +34,7 @@ AutoDevice = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (defau
 
 def auto_device(device: str | None) -> str:
     """``device`` or, when not given, ``cuda`` if available else ``cpu``."""
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def fail(message: str, code: int = 2) -> None:

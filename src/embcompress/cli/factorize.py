@@ -135,8 +135,7 @@ def result_table(result: CompressionResult) -> Table:
     mode = f"{budget['mode']} {budget['value']}" if budget.get("mode") else "per-target ranks"
     ranks = ", ".join(f"{role} {rank}" for role, rank in budget.get("ranks", {}).items())
     caption = f"model parameters {result.params_before:,} -> {result.params_after:,}; budget {mode} -> rank {ranks}"
-    dense = [m.path for m in result.modules if m.serving_dense and not m.tied_to]
-    if dense:
+    if any(m.serving_dense and not m.tied_to for m in result.modules):
         caption += "\nserving materialises the dense V x H matrix for the LM head (nonlinear decoder)"
     table.caption = caption
     return table

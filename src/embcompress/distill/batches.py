@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..data import document_windows, iter_documents, packed_windows, pad_rows, split_documents, token_stream
+from ..data import chunked, document_windows, iter_documents, packed_windows, pad_rows, split_documents, token_stream
 from ..errors import EmbcompressError
 from .config import DistillConfig
 
@@ -43,9 +43,9 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def collate(windows: list[torch.Tensor], pad_id: int) -> Batch:
+def collate(windows: list[torch.Tensor], pad_id: int, key: int = -1) -> Batch:
     """Right-pad windows to the longest one."""
-    return Batch(*pad_rows(windows, pad_id))
+    return Batch(*pad_rows(windows, pad_id), key)
 
 
 def pad_id_of(tokenizer: Any) -> int:
@@ -92,13 +92,10 @@ class CorpusBatches:
     def epoch(self) -> Iterator[Batch]:
         """One pass over this process's shard, in batches of ``batch_size``."""
         mine = (w for i, w in enumerate(self._shuffled()) if i % self.world == self.rank)
-        for key in itertools.count():
-            chunk = list(itertools.islice(mine, self.config.batch_size))
+        for key, chunk in enumerate(chunked(mine, self.config.batch_size)):
             if len(chunk) < self.config.batch_size:
                 return
-            batch = collate(chunk, self.pad_id)
-            batch.key = key
-            yield batch
+            yield collate(chunk, self.pad_id, key)
 
     def iterate(self, skip: int = 0) -> Iterator[Batch]:
         """Endless batches (epoch after epoch), skipping the first ``skip`` (resume)."""
@@ -128,8 +125,7 @@ class CorpusBatches:
             split = "train (held-out split empty)"
         if not windows:
             raise EmbcompressError(f"the data in '{self.path}' holds no text (0 tokens after tokenization)")
-        size = self.config.batch_size
-        return [collate(windows[i : i + size], self.pad_id) for i in range(0, len(windows), size)], split
+        return [collate(chunk, self.pad_id) for chunk in chunked(windows, self.config.batch_size)], split
 
 
 def ordinary_token_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:

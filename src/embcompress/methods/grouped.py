@@ -258,19 +258,18 @@ class GroupedMethod(FactorizationMethod):
 
     def check_spec(self, spec: ModuleSpec) -> None:
         opts = cast(GroupedOptions, self.parse_options(spec.options))
-        sizes = parse_buckets(opts.buckets or default_buckets(spec.num_embeddings), spec.num_embeddings)
         rows, cols = spec.num_embeddings, spec.embedding_dim
-        need = sum(size + cols for size in sizes)
-        if spec.rank * (rows + cols) < need:
+        sizes = parse_buckets(opts.buckets or default_buckets(rows), rows)
+        need, budget = sum(size + cols for size in sizes), spec.rank * (rows + cols)
+        if budget < need:
             nearest = -(-need // (rows + cols))
             raise BudgetError(
                 f"grouped: rank {spec.rank} is too small for {len(sizes)} buckets (rank 1 in each needs the budget "
                 f"of rank {nearest}); the nearest feasible value is --rank {nearest}"
             )
         if opts.bucket_ranks is not None:
-            ranks = parse_bucket_ranks(opts.bucket_ranks, sizes, spec.embedding_dim)
-            used = sum(bucket_params(n, r, spec.embedding_dim) for n, r in zip(sizes, ranks, strict=True))
-            budget = spec.rank * (spec.num_embeddings + spec.embedding_dim)
+            ranks = parse_bucket_ranks(opts.bucket_ranks, sizes, cols)
+            used = sum(bucket_params(n, r, cols) for n, r in zip(sizes, ranks, strict=True))
             if used > budget:
                 raise BudgetError(
                     f"grouped: bucket_ranks store {used} parameters, above the rank-{spec.rank} budget of {budget}"

@@ -31,8 +31,7 @@ def parse_method_options(
         if not sep or not key.strip():
             raise EmbcompressError(f"--option expects KEY=VALUE, got '{pair}'")
         options[key.strip()] = parse_value(value.strip())
-    if buckets is not None:
-        options["buckets"] = [parse_value(b.strip()) for b in buckets.split(",") if b.strip()]
-    if bucket_ranks is not None:
-        options["bucket_ranks"] = [parse_value(r.strip()) for r in bucket_ranks.split(",") if r.strip()]
+    for key, text in (("buckets", buckets), ("bucket_ranks", bucket_ranks)):
+        if text is not None:
+            options[key] = [parse_value(item.strip()) for item in text.split(",") if item.strip()]
     return options

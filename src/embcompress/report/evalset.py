@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..data import packed_windows, pad_rows, token_stream
+from ..data import chunked, packed_windows, pad_rows, token_stream
 from ..errors import EmbcompressError
 from ..options import Options
 
@@ -64,11 +64,8 @@ class EvalSet:
 
 
 def _batched(rows: list[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[start : start + batch_size], pad_id)
-        batches.append({"input_ids": ids, "attention_mask": mask})
-    return batches
+    padded = (pad_rows(chunk, pad_id) for chunk in chunked(rows, batch_size))
+    return [{"input_ids": ids, "attention_mask": mask} for ids, mask in padded]
 
 
 def causal_eval_set(tokenizer: Any, documents: Iterable[str], options: EvalOptions) -> EvalSet:
