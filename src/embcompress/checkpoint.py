@@ -308,8 +308,7 @@ def load(
     model, info = cls.from_pretrained(
         str(path), dtype=dtype or "auto", use_safetensors=True, output_loading_info=True, **kwargs
     )
-    factor_keys = expected_factor_keys(config)
-    bad = sorted(set(info.get("missing_keys", [])) & factor_keys)
+    bad = sorted(set(info.get("missing_keys", [])) & expected_factor_keys(config))
     if bad:
         raise CheckpointError(f"factor tensor(s) not loaded from '{folder}': {', '.join(bad[:5])}")
     return model.to(device).eval()
@@ -330,10 +329,9 @@ def write_checkpoint(
     with atomic_output_dir(Path(out), overwrite) as tmp:
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
-        name = str(summary.get("source", source.name))
         readme, st_layout = _source_card_facts(source)
         card = render_card(
-            name,
+            str(summary.get("source", source.name)),
             type(model).__name__,
             summary,
             quality,

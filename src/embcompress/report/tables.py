@@ -94,17 +94,13 @@ def size_table(report: dict[str, Any]) -> TableData:
     return table
 
 
+FIDELITY_KEYS = ("relative_error", "weighted_relative_error", "row_cosine_mean", "row_cosine_min")
+
+
 def _fid_row(name: str, role: str, fid: dict[str, Any]) -> list[str]:
     if fid.get("tied_to_input"):
         return [name, role, "tied to input", "", "", ""]
-    return [
-        name,
-        role,
-        fmt(fid["relative_error"]),
-        fmt(fid["weighted_relative_error"]),
-        fmt(fid["row_cosine_mean"]),
-        fmt(fid["row_cosine_min"]),
-    ]
+    return [name, role, *(fmt(fid[key]) for key in FIDELITY_KEYS)]
 
 
 def fidelity_table(report: dict[str, Any]) -> TableData:
