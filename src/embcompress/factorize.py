@@ -342,11 +342,9 @@ def convert_factor_dtype(model: nn.Module, factor_dtype: str) -> CompressionConf
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
         spec.factor_dtype = factor_dtype
         current = model.get_submodule(spec.path)
-        if spec.role == "input":
-            modules[spec.path] = current.with_factor_dtype(factor_dtype)
-            continue
-        source = modules[spec.tied_to] if spec.tied_to else current.source.with_factor_dtype(factor_dtype)
-        modules[spec.path] = FactorizedLinear.from_source(source, current.bias)
+        own = current if spec.role == "input" else current.source
+        source = modules[spec.tied_to] if spec.tied_to else own.with_factor_dtype(factor_dtype)
+        modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, current.bias)
     install_modules(model, config, modules)
     model.config.quantization_config = EmbcompressQuantizationConfig.from_compression(config)
     return config

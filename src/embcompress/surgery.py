@@ -127,12 +127,9 @@ def build_modules(
     modules: dict[str, nn.Module] = {}
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
         cls = get_method(spec.method).module_class
-        if spec.role == "input":
-            modules[spec.path] = cls.from_spec(spec, compute_dtype, device)
-            continue
         source = modules[spec.tied_to] if spec.tied_to else cls.from_spec(spec, compute_dtype, device)
         bias = nn.Parameter(torch.zeros(spec.num_embeddings, device=device)) if spec.bias else None
-        modules[spec.path] = FactorizedLinear.from_source(source, bias)
+        modules[spec.path] = source if spec.role == "input" else FactorizedLinear.from_source(source, bias)
     return modules
 
 
