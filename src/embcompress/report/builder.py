@@ -195,20 +195,16 @@ def size_section(
     teacher: nn.Module, student: nn.Module, pairs: list[MatrixPair], student_dir: Path | None, teacher_disk: Any
 ) -> dict[str, Any]:
     modules = [module_size(p.role, p.path, p.dense_module, p.student_module, p.tied) for p in pairs]
-    before = sum(m["bytes_before"] for m in modules)
-    after = sum(m["bytes_after"] for m in modules)
+    embedding = {
+        key: sum(m[key] for m in modules) for key in ("params_before", "params_after", "bytes_before", "bytes_after")
+    }
+    embedding["ratio"] = embedding["bytes_before"] / embedding["bytes_after"] if embedding["bytes_after"] else None
     t_size, s_size = model_size(teacher), model_size(student)
     extra = sum(m["runtime_extra_bytes"] for m in modules)
     serving_s = s_size["resident_bytes"] + extra
     return {
         "modules": modules,
-        "embedding": {
-            "params_before": sum(m["params_before"] for m in modules),
-            "params_after": sum(m["params_after"] for m in modules),
-            "bytes_before": before,
-            "bytes_after": after,
-            "ratio": before / after if after else None,
-        },
+        "embedding": embedding,
         "model": {"teacher": t_size, "student": s_size, "ratio": t_size["bytes"] / max(s_size["bytes"], 1)},
         "disk": {"teacher": teacher_disk, "student": files_on_disk(student_dir)},
         "serving": {
