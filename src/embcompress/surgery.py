@@ -147,12 +147,9 @@ def resolve_paths(model: nn.Module, config: CompressionConfig) -> CompressionCon
     prefix = getattr(model, "base_model_prefix", "")
 
     def fix(path: str) -> str:
-        if path in names:
-            return path
-        if prefix and f"{prefix}.{path}" in names:
-            return f"{prefix}.{path}"
-        if prefix and path.startswith(f"{prefix}.") and path[len(prefix) + 1 :] in names:
-            return path[len(prefix) + 1 :]
+        for candidate in (path, f"{prefix}.{path}", path.removeprefix(f"{prefix}.")) if prefix else (path,):
+            if candidate in names:
+                return candidate
         raise EmbcompressError(f"module '{path}' from the checkpoint config is not in {type(model).__name__}")
 
     for spec in config.modules:
@@ -192,9 +189,7 @@ def densify(model: nn.Module) -> nn.Module:
     for spec in sorted(config.modules, key=lambda s: s.role != "input"):
         module = dense.get_submodule(spec.path)
         if isinstance(module, CompressedEmbedding):
-            weight = nn.Parameter(module.dense().detach().clone())
-            emb = _dense_embedding(spec, weight)
-            built[spec.path] = emb
+            built[spec.path] = emb = _dense_embedding(spec, nn.Parameter(module.dense().detach().clone()))
             for path in (spec.path, *spec.aliases):
                 swap_module(dense, path, emb)
         elif isinstance(module, FactorizedLinear):
