@@ -504,7 +504,8 @@ def compress_model(
     summary["recipe"] = {"options": options.to_dict(), "layout": layout, "frequency": origin}
     if options.domain:
         summary["recipe"]["buckets"] = summary.pop("buckets")
-    summary["modules"] = final_module_stats(model, originals, summary.get("modules", []), counts)
+    if config is not None or train_dtype != final_dtype:  # the factors changed since the fit measured them
+        summary["modules"] = final_module_stats(model, originals, summary.get("modules", []), counts)
     embedding_bytes = sum(m["bytes_after"] for m in summary["modules"])
     report = ood = None
     if teacher is not None and options.report:

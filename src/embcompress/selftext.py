@@ -7,6 +7,7 @@ not depend on knowing the serving text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -62,10 +63,15 @@ def sample_documents(
     return [" ".join(text.split()) for text in texts if text.strip()]
 
 
+class _HeadReached(Exception):
+    """Raised by :func:`head_input_moment`'s hook: the forward pass stops before the LM head's product."""
+
+
 @torch.no_grad()
 def head_input_moment(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """``E[h h^T]`` (``H x H``, float64) of the hidden states entering the LM head over ``ids``, captured
-    by a hook on ``get_output_embeddings()`` (so any final norm the architecture applies is included)."""
+    by a hook on ``get_output_embeddings()`` (so any final norm the architecture applies is included); the
+    head itself is never run (for a 128256-token vocabulary its logits would cost more than the rest)."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no LM head")
@@ -77,12 +83,14 @@ def head_input_moment(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) 
         hidden = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
         moment += hidden.T @ hidden
         count += hidden.shape[0]
+        raise _HeadReached
 
     handle = head.register_forward_pre_hook(capture)
     try:
         device = next(model.parameters()).device
         for first in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[first : first + batch_size].to(device))
+            with contextlib.suppress(_HeadReached):
+                model(input_ids=ids[first : first + batch_size].to(device))
     finally:
         handle.remove()
     return moment / max(count, 1)
