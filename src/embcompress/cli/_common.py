@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import EmbcompressError, one_line
+from . import app
 
 console = Console(stderr=True)
 stdout = Console()
@@ -43,11 +44,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def handle_errors(fn: F) -> F:
-    """Turn user errors into one line on stderr and a non-zero exit code."""
+def command(fn: F) -> F:
+    """Register ``fn`` as a command of the app: logging is set up from its ``--verbose`` first, and user
+    errors become one line on stderr and a non-zero exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging(kwargs.get("verbose", False))
         try:
             return fn(*args, **kwargs)
         except EmbcompressError as exc:
@@ -57,7 +60,7 @@ def handle_errors(fn: F) -> F:
         except (OSError, MemoryError) as exc:
             fail(f"{type(exc).__name__}: {one_line(exc)}")
 
-    return wrapper  # type: ignore[return-value]
+    return app.command()(wrapper)  # type: ignore[return-value]
 
 
 def setup_logging(verbose: bool) -> None:
@@ -107,6 +110,23 @@ def print_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def finish(json_out: bool, data: dict[str, Any], *lines: Any) -> None:
+    """A command's result on stdout: ``data`` as JSON with ``--json``, else ``lines`` (text or rich tables)."""
+    if json_out:
+        print_json(data)
+        return
+    for line in lines:
+        stdout.print(line)
+
+
 def parse_csv(value: str | None) -> tuple[str, ...]:
     """Split a comma-separated option."""
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def parse_numbers(value: str | None, kind: type, name: str) -> tuple:
+    """Split a comma-separated option of numbers (``kind`` ``int`` or ``float``) of the option ``--name``."""
+    try:
+        return tuple(kind(v) for v in parse_csv(value))
+    except ValueError:
+        raise EmbcompressError(f"--{name} must be comma-separated numbers, got '{value}'") from None

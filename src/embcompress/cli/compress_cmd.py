@@ -11,7 +11,6 @@ from ..compress import CompressOptions, CompressResult, compress_checkpoint, dom
 from ..report.tables import glance_table
 from ..sizes import mb
 from ..sources import LoadOptions
-from . import app
 from ._common import (
     AutoDevice,
     GgufFile,
@@ -21,9 +20,8 @@ from ._common import (
     TrustRemoteCode,
     Verbose,
     auto_device,
-    handle_errors,
+    command,
     print_json,
-    setup_logging,
     stdout,
 )
 from .report import emit, rich_table
@@ -31,8 +29,7 @@ from .report import emit, rich_table
 _default = CompressOptions.default
 
 
-@app.command()
-@handle_errors
+@command
 def compress(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
@@ -77,7 +74,6 @@ def compress(
     verbose: Verbose = False,
 ) -> None:
     """Compress the token embeddings of MODEL ~RATIO times; report against 4/8-bit quantization in and out of domain."""
-    setup_logging(verbose)
     options = CompressOptions(
         ratio=ratio,
         domain=domain,
@@ -94,8 +90,7 @@ def compress(
     )
     if Path(model).expanduser().exists():
         check_outside_input(output, Path(model))
-    dev = auto_device(device)
-    load = LoadOptions(gguf_file=gguf_file, device=dev, trust_remote_code=trust_remote_code)
+    load = LoadOptions(gguf_file=gguf_file, device=auto_device(device), trust_remote_code=trust_remote_code)
     result = compress_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))
     if json_out:
         print_json(result.to_dict())

@@ -8,7 +8,6 @@ import typer
 
 from ..distill import DistillConfig, DistillInterrupted, DistillResult, LossWeights, distill_checkpoint
 from ..sources import LoadOptions
-from . import app
 from ._common import (
     AutoDevice,
     JsonOut,
@@ -16,27 +15,17 @@ from ._common import (
     RichReporter,
     Verbose,
     auto_device,
+    command,
     fail,
-    handle_errors,
-    print_json,
-    setup_logging,
-    stdout,
+    finish,
+    parse_numbers,
 )
 
 _default = DistillConfig.default
 _weight = LossWeights.default
 
 
-def _layers(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        fail(f"--hidden-layers takes comma-separated integers, got '{value}'")
-        raise
-
-
-@app.command()
-@handle_errors
+@command
 def distill(
     student: Path = typer.Argument(..., help="Compressed checkpoint folder (output of `embcompress factorize`)."),
     teacher: str = typer.Option(..., "--teacher", "-t", help="The original model: folder, hub id, .gguf or alias."),
@@ -100,7 +89,6 @@ def distill(
     verbose: Verbose = False,
 ) -> None:
     """Distil a factorized STUDENT towards its dense TEACHER (factors only by default)."""
-    setup_logging(verbose)
     config = DistillConfig(
         steps=steps,
         max_tokens=max_tokens,
@@ -113,7 +101,7 @@ def distill(
         train=train,
         weights=LossWeights(kl=kl_weight, hidden=hidden_weight, pooled=pooled_weight, recon=recon_weight, lm=lm_weight),
         temperature=temperature,
-        hidden_layers=_layers(hidden_layers),
+        hidden_layers=parse_numbers(hidden_layers, int, "hidden-layers"),
         hidden_loss=hidden_loss,
         eval_every=eval_every,
         eval_windows=eval_windows,
@@ -126,8 +114,7 @@ def distill(
         text_field=text_field,
         seed=seed,
     )
-    dev = auto_device(device)
-    load = LoadOptions(gguf_file=gguf_file, device=dev)
+    load = LoadOptions(gguf_file=gguf_file, device=auto_device(device))
     try:
         result = distill_checkpoint(
             student, teacher, output, config, data, load, overwrite, resume, cache_teacher,
@@ -136,11 +123,7 @@ def distill(
     except DistillInterrupted as exc:
         fail(str(exc), code=130)
         return
-    if json_out:
-        print_json({**result.to_dict(), "output": str(output)})
-    else:
-        stdout.print(_summary_line(result))
-        stdout.print(f"wrote [bold]{output}[/]")
+    finish(json_out, {**result.to_dict(), "output": str(output)}, _summary_line(result), f"wrote [bold]{output}[/]")
 
 
 def _summary_line(result: DistillResult) -> str:

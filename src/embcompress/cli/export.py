@@ -11,12 +11,10 @@ from ..checkpoint import check_outside_input
 from ..errors import EmbcompressError
 from ..export import export_dense
 from ..onnx_export import export_onnx
-from . import app
-from ._common import JsonOut, Overwrite, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
+from ._common import JsonOut, Overwrite, RichReporter, Verbose, command, finish
 
 
-@app.command()
-@handle_errors
+@command
 def export(
     checkpoint: Path = typer.Argument(..., help="A compressed checkpoint folder."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the exported model."),
@@ -29,25 +27,18 @@ def export(
     verbose: Verbose = False,
 ) -> None:
     """Export a compressed checkpoint; --dense writes plain transformers weights, --onnx an ONNX model."""
-    setup_logging(verbose)
     if dense == onnx:
         raise EmbcompressError("choose an export format: --dense or --onnx (one of them)")
     check_outside_input(output, checkpoint)
     if onnx:
         with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output} (ONNX)"):
             result = export_onnx(checkpoint, output, overwrite)
-        if json_out:
-            print_json({"output": str(output), "format": "onnx", **result.to_dict()})
-        else:
-            stdout.print(
-                f"wrote ONNX model [bold]{result.path}[/] ({result.file_bytes:,} bytes, "
-                f"max |diff| vs PyTorch {result.max_abs_diff:.2e})"
-            )
+        diff = f"max |diff| vs PyTorch {result.max_abs_diff:.2e}"
+        written = f"wrote ONNX model [bold]{result.path}[/] ({result.file_bytes:,} bytes, {diff})"
+        finish(json_out, {"output": str(output), "format": "onnx", **result.to_dict()}, written)
         return
     with RichReporter(enabled=not json_out).stage(f"exporting {checkpoint} -> {output}"):
         model = export_dense(checkpoint, output, overwrite)
     params = sum(p.numel() for p in model.parameters())
-    if json_out:
-        print_json({"output": str(output), "format": "dense", "params": params})
-    else:
-        stdout.print(f"wrote dense checkpoint [bold]{output}[/] ({params:,} parameters)")
+    written = f"wrote dense checkpoint [bold]{output}[/] ({params:,} parameters)"
+    finish(json_out, {"output": str(output), "format": "dense", "params": params}, written)

@@ -12,7 +12,6 @@ from ..factorize import CompressionResult, FactorizeOptions, factorize_checkpoin
 from ..frequency import FrequencyOptions
 from ..methods import method_names, parse_method_options
 from ..sources import LoadOptions
-from . import app
 from ._common import (
     GgufFile,
     JsonOut,
@@ -20,11 +19,9 @@ from ._common import (
     RichReporter,
     TrustRemoteCode,
     Verbose,
-    handle_errors,
+    command,
+    finish,
     parse_csv,
-    print_json,
-    setup_logging,
-    stdout,
 )
 
 _default = FactorizeOptions.default
@@ -32,8 +29,7 @@ _freq = FrequencyOptions.default
 _load = LoadOptions.default
 
 
-@app.command()
-@handle_errors
+@command
 def factorize(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
@@ -78,7 +74,6 @@ def factorize(
     verbose: Verbose = False,
 ) -> None:
     """Factorize the token embeddings of MODEL and write a compressed safetensors checkpoint."""
-    setup_logging(verbose)
     options = FactorizeOptions(
         method=method,
         rank=rank,
@@ -97,11 +92,7 @@ def factorize(
     load = LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     reporter = RichReporter(enabled=not json_out)
     result = factorize_checkpoint(model, output, options, load, overwrite, reporter, frequency=frequency)
-    if json_out:
-        print_json({**result.to_dict(), "output": str(output)})
-    else:
-        stdout.print(result_table(result))
-        stdout.print(f"wrote [bold]{output}[/]")
+    finish(json_out, {**result.to_dict(), "output": str(output)}, result_table(result), f"wrote [bold]{output}[/]")
 
 
 def _millions(n: int) -> str:

@@ -7,12 +7,10 @@ from rich.table import Table
 
 from ..sources import LoadOptions, load_source
 from ..summary import describe_model
-from . import app
-from ._common import GgufFile, JsonOut, RichReporter, Verbose, handle_errors, print_json, setup_logging, stdout
+from ._common import GgufFile, JsonOut, RichReporter, Verbose, command, finish
 
 
-@app.command()
-@handle_errors
+@command
 def inspect(
     model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
     gguf_file: GgufFile = None,
@@ -21,13 +19,9 @@ def inspect(
     verbose: Verbose = False,
 ) -> None:
     """Show the embedding matrices of MODEL: shapes, share of parameters, tying, spectrum."""
-    setup_logging(verbose)
     _, loaded, _ = load_source(model, LoadOptions(gguf_file=gguf_file), RichReporter(enabled=not json_out))
     info = describe_model(loaded, spectrum=spectrum)
-    if json_out:
-        print_json(info)
-        return
-    stdout.print(_table(info))
+    finish(json_out, info, _table(info))
 
 
 def _table(info: dict) -> Table:

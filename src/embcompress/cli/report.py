@@ -19,8 +19,7 @@ from ..report.builder import SUMMARY_NAME, check_vocabularies
 from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
 from ..sources import LoadOptions, load_model, load_source, load_tokenizer, resolve_source
-from . import app
-from ._common import RichReporter, Verbose, console, handle_errors, setup_logging, stdout
+from ._common import RichReporter, Verbose, command, console, stdout
 
 FORMATS = ("rich", "json", "markdown")
 
@@ -88,8 +87,7 @@ def rich_table(data: TableData) -> Table:
     return table
 
 
-@app.command()
-@handle_errors
+@command
 def report(
     student: str = typer.Argument(..., help="Compressed checkpoint folder (or any model folder / alias)."),
     teacher: str | None = typer.Option(
@@ -124,7 +122,6 @@ def report(
     verbose: Verbose = False,
 ) -> None:
     """Report what compressing STUDENT cost against TEACHER: size, fidelity, behaviour, speed, int8/int4."""
-    setup_logging(verbose)
     if fmt not in FORMATS:
         raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
     check_html_path(html_out)

@@ -13,23 +13,14 @@ from ..report import ReportOptions, SweepGrid, prepare_evaluation, report_json, 
 from ..report.render import sweep_tables
 from ..report.sweep import SWEEP_EVAL, available_methods, save_dir_writer
 from ..sources import LoadOptions, load_source
-from . import app
-from ._common import GgufFile, JsonOut, RichReporter, Verbose, console, handle_errors, parse_csv, setup_logging, stdout
+from ._common import GgufFile, JsonOut, RichReporter, Verbose, command, console, parse_csv, parse_numbers, stdout
 from .report import check_html_path, rich_table, write_html
 
 _grid = SweepGrid.default
 _eval = SWEEP_EVAL
 
 
-def _numbers(value: str | None, kind: type, name: str) -> tuple:
-    try:
-        return tuple(kind(v) for v in parse_csv(value))
-    except ValueError:
-        raise EmbcompressError(f"--{name} must be comma-separated numbers, got '{value}'") from None
-
-
-@app.command()
-@handle_errors
+@command
 def sweep(
     model: str = typer.Argument(..., help="Original model: folder, hub id, .gguf, or alias (minilm, smollm2)."),
     methods: str = typer.Option(
@@ -56,13 +47,12 @@ def sweep(
     verbose: Verbose = False,
 ) -> None:
     """Fit every method x budget of MODEL in memory and compare quality vs bytes against int8/int4."""
-    setup_logging(verbose)
     check_html_path(html_out)
     grid = SweepGrid(
         methods=parse_csv(methods),
-        ranks=_numbers(ranks, int, "ranks"),
-        energies=_numbers(energies, float, "energies"),
-        ratios=_numbers(ratios, float, "ratios"),
+        ranks=parse_numbers(ranks, int, "ranks"),
+        energies=parse_numbers(energies, float, "energies"),
+        ratios=parse_numbers(ratios, float, "ratios"),
         targets=parse_csv(targets),
         seed=seed,
     )
