@@ -23,6 +23,7 @@ sentence-transformers module files copied from the checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -69,22 +70,12 @@ class OnnxExportResult(OnnxSignature):
         return asdict(self)
 
 
-def require_onnx() -> Any:
-    """The ``onnx`` module, or a one-line error saying how to install it."""
+def require_package(package: str, purpose: str = "ONNX export") -> Any:
+    """The module ``package`` (``onnx``, ``onnxruntime``), or a one-line error saying how to install it."""
     try:
-        import onnx
+        return importlib.import_module(package)
     except ImportError:
-        raise EmbcompressError(f"ONNX export needs the onnx package: {_INSTALL}") from None
-    return onnx
-
-
-def require_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or a one-line error saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise EmbcompressError(f"checking an ONNX export needs onnxruntime: {_INSTALL}") from None
-    return onnxruntime
+        raise EmbcompressError(f"{purpose} needs the {package} package: {_INSTALL}") from None
 
 
 def onnx_signature(model: nn.Module) -> OnnxSignature:
@@ -161,7 +152,7 @@ def export_model_onnx(
     difference to PyTorch. Raises :class:`EmbcompressError` when a compressed module's factors were
     folded into a dense float ``V x H`` initializer.
     """
-    onnx = require_onnx()
+    onnx = require_package("onnx")
     signature = onnx_signature(model)
     model = model.eval()
     traced = _Traced(model, signature).eval()
@@ -204,7 +195,7 @@ def export_model_onnx(
 
 def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     """A CPU onnxruntime session on ``path``."""
-    ort = require_onnxruntime()
+    ort = require_package("onnxruntime", "checking an ONNX export")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -228,7 +219,7 @@ def export_onnx(
     """Export a compressed checkpoint to ``out/onnx/model.onnx`` beside its config, tokenizer and
     sentence-transformers files (the layout ``SentenceTransformer(out, backend="onnx")`` and optimum's
     ``ORTModel*.from_pretrained(out, subfolder="onnx")`` look for)."""
-    require_onnx()
+    require_package("onnx")
     out_path, src = Path(out), Path(folder)
     check_output_dir(out_path, overwrite)
     model = load_compressed(src, dtype=torch.float32)

@@ -42,10 +42,6 @@ def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
 
 
-def _cache_dtype(eval_set: EvalSet, vocab: int) -> torch.dtype:
-    return torch.float32 if eval_set.n_tokens * vocab <= FLOAT32_CACHE_LIMIT else torch.float16
-
-
 def _lm_positions(eval_set: EvalSet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Selector over logits positions and the target token at each selected position."""
     if eval_set.task == "causal-lm":
@@ -86,7 +82,7 @@ def teacher_outputs(model: nn.Module, eval_set: EvalSet, neighbours: int = 10, p
     """Run the teacher once over ``eval_set`` and keep what the comparisons need."""
     out = TeacherOutputs(eval_set, neighbours=neighbours)
     vocab = model.get_input_embeddings().weight.shape[0]
-    dtype = _cache_dtype(eval_set, vocab)
+    dtype = torch.float32 if eval_set.n_tokens * vocab <= FLOAT32_CACHE_LIMIT else torch.float16
     for batch in eval_set.batches:
         if eval_set.task == "encoder":
             out.per_batch.append(_encoder_teacher(model, batch))
@@ -95,10 +91,6 @@ def teacher_outputs(model: nn.Module, eval_set: EvalSet, neighbours: int = 10, p
         if progress is not None:
             progress()
     return out
-
-
-def _bucket_of(ids: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor | None:
-    return None if buckets is None else buckets[ids.clamp(0, buckets.numel() - 1)]
 
 
 def _lm_student_batch(model: nn.Module, eval_set: EvalSet, batch: dict, teacher: dict) -> dict[str, torch.Tensor]:
@@ -185,9 +177,9 @@ def _encoder_summary(rows: dict[str, torch.Tensor], k: int) -> dict[str, Any]:
 
 
 def _bucketed(rows: dict[str, torch.Tensor], buckets: torch.Tensor | None, task: str, special: torch.Tensor) -> Any:
-    which = _bucket_of(rows["targets"], buckets)
-    if which is None:
+    if buckets is None:
         return None
+    which = buckets[rows["targets"].clamp(0, buckets.numel() - 1)]
     keep = ~torch.isin(rows["targets"], special)
     out: dict[str, Any] = {}
     for i, name in enumerate(BUCKETS):

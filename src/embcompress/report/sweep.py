@@ -114,13 +114,20 @@ def _evaluate_point(
     after = sum(s["bytes_after"] for s in sizes)
     fid = {p.role: matrix_fidelity(p.original, rows_of(p.student_module), evaluation.counts) for p in pairs[:1]}
     behaviour = None if evaluation.teacher is None else compare(model, evaluation.teacher, evaluation.buckets)
-    _, _, value = primary_value(evaluation.task, behaviour, fid)
+    return _scores(evaluation.task, after, original_bytes / after if after else None, fid, behaviour)
+
+
+def _scores(
+    task: str | None, nbytes: int, ratio: float | None, fidelity: dict[str, Any], behaviour: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a sweep point (fitted or quantization reference) shows: bytes, ratio, the input matrix's errors
+    and the primary metric."""
     return {
-        "embedding_bytes": after,
-        "ratio": original_bytes / after if after else None,
-        "relative_error": fid["input"]["relative_error"],
-        "weighted_relative_error": fid["input"]["weighted_relative_error"],
-        "value": value,
+        "embedding_bytes": nbytes,
+        "ratio": ratio,
+        "relative_error": fidelity["input"]["relative_error"],
+        "weighted_relative_error": fidelity["input"]["weighted_relative_error"],
+        "value": primary_value(task, behaviour, fidelity)[2],
         "behaviour": behaviour,
     }
 
@@ -200,21 +207,9 @@ def _reference_points(
     pairs = matrix_pairs(teacher, teacher)[:1]
     out = []
     for ref in reference_rows(teacher, pairs, evaluation, options, reporter):
-        _, _, value = primary_value(evaluation.task, ref["behaviour"], ref["fidelity"])
-        out.append(
-            {
-                "method": ref["name"],
-                "label": f"{SCHEME_LABELS[ref['name']]}, {ref['bits_per_weight']:.2f} bits/weight",
-                "rank": None,
-                "embedding_bytes": ref["embedding_bytes"],
-                "ratio": ref["ratio"],
-                "relative_error": ref["fidelity"]["input"]["relative_error"],
-                "weighted_relative_error": ref["fidelity"]["input"]["weighted_relative_error"],
-                "value": value,
-                "behaviour": ref["behaviour"],
-                "error": None,
-            }
-        )
+        label = f"{SCHEME_LABELS[ref['name']]}, {ref['bits_per_weight']:.2f} bits/weight"
+        scores = _scores(evaluation.task, ref["embedding_bytes"], ref["ratio"], ref["fidelity"], ref["behaviour"])
+        out.append({"method": ref["name"], "label": label, "rank": None, **scores, "error": None})
     return out
 
 
