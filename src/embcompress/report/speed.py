@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -24,8 +25,12 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
-def _pair(teacher_s: float, student_s: float) -> dict[str, float]:
-    return {"teacher_ms": teacher_s * 1e3, "student_ms": student_s * 1e3, "ratio": student_s / max(teacher_s, 1e-12)}
+def _pair(
+    teacher: Callable[..., Any], student: Callable[..., Any], repeats: int, *args: Any, **kwargs: Any
+) -> dict[str, float]:
+    """Median latency (ms) of the teacher's and the student's call on the same inputs, and student / teacher."""
+    t, s = (median_seconds(functools.partial(fn, *args, **kwargs), repeats) for fn in (teacher, student))
+    return {"teacher_ms": t * 1e3, "student_ms": s * 1e3, "ratio": s / max(t, 1e-12)}
 
 
 def measure_speed(
@@ -53,19 +58,12 @@ def measure_speed(
 def _measure(teacher: nn.Module, student: nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> dict[str, Any]:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     out: dict[str, Any] = {"batch_shape": list(ids.shape), "repeats": repeats, "threads": torch.get_num_threads()}
-    out["forward"] = _pair(
-        median_seconds(lambda: teacher(input_ids=ids, attention_mask=mask), repeats),
-        median_seconds(lambda: student(input_ids=ids, attention_mask=mask), repeats),
-    )
+    out["forward"] = _pair(teacher, student, repeats, input_ids=ids, attention_mask=mask)
     emb_t, emb_s = teacher.get_input_embeddings(), student.get_input_embeddings()
-    out["embedding_lookup"] = _pair(
-        median_seconds(lambda: emb_t(ids), repeats), median_seconds(lambda: emb_s(ids), repeats)
-    )
+    out["embedding_lookup"] = _pair(emb_t, emb_s, repeats, ids)
     head_t, head_s = teacher.get_output_embeddings(), student.get_output_embeddings()
     out["lm_head"] = None
     if head_t is not None and head_s is not None:
         hidden = torch.randn(*ids.shape, emb_t.weight.shape[1], generator=torch.Generator().manual_seed(0))
-        out["lm_head"] = _pair(
-            median_seconds(lambda: head_t(hidden), repeats), median_seconds(lambda: head_s(hidden), repeats)
-        )
+        out["lm_head"] = _pair(head_t, head_s, repeats, hidden)
     return out
