@@ -277,8 +277,7 @@ class GroupedMethod(FactorizationMethod):
 
     def stored_bytes(self, spec: ModuleSpec) -> int:
         """Estimate from the budget (actual ranks are chosen at fit time, never above it) plus ``perm``."""
-        linear = FactorizedEmbedding.from_spec(spec, device="meta")
-        return module_bytes(linear)[1] + 4 * spec.num_embeddings
+        return module_bytes(FactorizedEmbedding.from_spec(spec, device="meta"))[1] + 4 * spec.num_embeddings
 
     def build(self, spec: ModuleSpec, matrix: torch.Tensor, ctx: FitContext) -> FactorizedEmbedding:
         rows, cols = matrix.shape
