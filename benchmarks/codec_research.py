@@ -46,7 +46,8 @@ def _ref(fn: Callable[[torch.Tensor], tuple[torch.Tensor, int]]) -> Variant:
 
 
 def _tc(bpw: float | str, metric: str | None = None, **kw: Any) -> Variant:
-    """A transform-code variant; ``bpw="int4"`` means exactly per-row int4's bytes."""
+    """A transform-code variant; ``bpw="int4"`` means exactly per-row int4's bytes. The rows recorded before
+    rotation and debiasing existed keep them off (``_tc0``); ``-rd`` variants use the library's defaults."""
 
     def run(e: torch.Tensor, ctx: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         rows, cols = e.shape
@@ -56,6 +57,10 @@ def _tc(bpw: float | str, metric: str | None = None, **kw: Any) -> Variant:
         return codec.decode(code), codec.nbytes(code)
 
     return run
+
+
+def _tc0(bpw: float | str, metric: str | None = None) -> Variant:
+    return _tc(bpw, metric, rotate=False, debias=False)
 
 
 REFERENCES: dict[str, Variant] = {
@@ -68,27 +73,37 @@ REFERENCES: dict[str, Variant] = {
 VARIANTS: dict[str, dict[str, Variant]] = {
     "smollm2": {
         **REFERENCES,
-        "tc-CF-int4": _tc("int4", "C+F"),
-        "tc-C-int4": _tc("int4", "C"),
-        "tc-CF-2.9": _tc(2.9, "C+F"),
-        "tc-CF-2.0": _tc(2.0, "C+F"),
-        "tc-plain-int4": _tc("int4"),
-        "tc-Cin-int4": _tc("int4", "C+in"),
-        "tc-C-2.9": _tc(2.9, "C"),
-        "tc-plain-2.9": _tc(2.9),
-        "tc-C-2.0": _tc(2.0, "C"),
+        "tc-CF-int4": _tc0("int4", "C+F"),
+        "tc-C-int4": _tc0("int4", "C"),
+        "tc-CF-2.9": _tc0(2.9, "C+F"),
+        "tc-CF-2.0": _tc0(2.0, "C+F"),
+        "tc-plain-int4": _tc0("int4"),
+        "tc-Cin-int4": _tc0("int4", "C+in"),
+        "tc-C-2.9": _tc0(2.9, "C"),
+        "tc-plain-2.9": _tc0(2.9),
+        "tc-C-2.0": _tc0(2.0, "C"),
+        "tc-C-int4-rd": _tc("int4", "C"),
+        "tc-C-int4-rd-r0.33": _tc("int4", "C", ridge=0.33),
+        "tc-C-int4-rd-r1": _tc("int4", "C", ridge=1.0),
+        "tc-C-2.9-rd": _tc(2.9, "C"),
+        "tc-C-2.9-rd-r0.33": _tc(2.9, "C", ridge=0.33),
+        "tc-C-2.0-rd": _tc(2.0, "C"),
     },
     "minilm": {
         **REFERENCES,
-        "tc-plain-int4": _tc("int4"),
-        "tc-LN-int4": _tc("int4", "LN"),
-        "tc-J-int4": _tc("int4", "J"),
-        "tc-plain-2.9": _tc(2.9),
-        "tc-LN-2.9": _tc(2.9, "LN"),
-        "tc-J-2.9": _tc(2.9, "J"),
-        "tc-plain-2.0": _tc(2.0),
-        "tc-LN-2.0": _tc(2.0, "LN"),
-        "tc-J-2.0": _tc(2.0, "J"),
+        "tc-plain-int4": _tc0("int4"),
+        "tc-LN-int4": _tc0("int4", "LN"),
+        "tc-J-int4": _tc0("int4", "J"),
+        "tc-plain-2.9": _tc0(2.9),
+        "tc-LN-2.9": _tc0(2.9, "LN"),
+        "tc-J-2.9": _tc0(2.9, "J"),
+        "tc-plain-2.0": _tc0(2.0),
+        "tc-LN-2.0": _tc0(2.0, "LN"),
+        "tc-J-2.0": _tc0(2.0, "J"),
+        "tc-J-int4-rd-r1": _tc("int4", "J", ridge=1.0),
+        "tc-J-int4-rd-r0.43": _tc("int4", "J", ridge=0.43),
+        "tc-J-2.9-rd-r1": _tc(2.9, "J", ridge=1.0),
+        "tc-J-2.0-rd-r1": _tc(2.0, "J", ridge=1.0),
     },
 }
 

@@ -14,10 +14,12 @@ Reference quantizers (as deployed):
 Transform code (:class:`TransformCode`, :func:`encode`, :func:`decode_rows`): subtract the mean row, change
 basis to the eigenvectors of ``M^{1/2} S M^{1/2}`` (``S`` the row covariance of the matrix, ``M`` an optional
 PSD error metric such as ``E[h h^T]`` of the final hidden states that multiply an LM head), allocate integer
-bits to bands of 8 components by greedy reverse water-filling on the band variances, and quantize each band
-with a 1-D k-means (Lloyd-Max) codebook, snapped onto an int8 grid, over values normalised by a
-per-component scale and one fp16 scale per row. Decoding a row is a codebook lookup, two scalings and one
-``K x H`` product.
+bits to bands of 8 components by greedy reverse water-filling on the band variances, rotate the whitened
+coefficients of each run of equal-bit bands by a seeded random rotation (folded into the basis: they become
+near-Gaussian), and quantize each run with a 1-D k-means (Lloyd-Max) codebook, snapped onto an int8 grid, over
+values normalised by a per-component scale and one fp16 scale per row; a last per-component gain (folded into
+the component scale) removes the codebook's shrinkage toward zero. Decoding a row is a codebook lookup, two
+scalings and one ``K x H`` product.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from .spectral import gram_matrix
 
 #: The 16 NF4 levels of bitsandbytes (normal-float 4-bit, absmax-normalised).
 NF4_LEVELS: tuple[float, ...] = (
@@ -208,13 +208,16 @@ def _row_slices(rows: int) -> list[slice]:
 
 
 def _mean_and_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fp16 mean row and the row covariance around it (float64), on the CPU, from one pass for the
-    column sums and the chunked Gram matrix: no centred copy of ``x``."""
+    """The fp16 mean row and the row covariance around it (float64, on the CPU) in two chunked passes: the
+    column sums, then float32 Gram products of centred chunks summed in float64 (about 4x faster than a
+    float64 Gram matrix, and no cancellation since the chunks are centred first)."""
     rows = x.shape[0]
-    total = sum(x[sl].double().sum(0) for sl in _row_slices(rows)).cpu()
-    mean = (total / rows).half()
-    m = mean.double()
-    cov = gram_matrix(x).cpu() - torch.outer(m, total) - torch.outer(total, m) + rows * torch.outer(m, m)
+    mean = (sum(x[sl].double().sum(0) for sl in _row_slices(rows)) / rows).half()
+    centre = mean.float().to(x.device)
+    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    for sl in _row_slices(rows):
+        chunk = x[sl].float() - centre
+        cov += (chunk.T @ chunk).double().cpu()
     return mean, cov / rows
 
 
@@ -290,7 +293,9 @@ def _nearest(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(n: int, k: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k] if n > k else torch.arange(n)
+    """``k`` seeded indices below ``n`` (drawn with replacement: a permutation of ``n`` would hold ``n``
+    int64s, more than the matrix for a large vocabulary), or all of them when ``n <= k``."""
+    return torch.randint(n, (k,), generator=torch.Generator().manual_seed(0)) if n > k else torch.arange(n)
 
 
 def _fit_codebooks(
@@ -344,13 +349,48 @@ def _refit_all_row_scales(
 
 def _pack_all(
     z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, books: list[torch.Tensor], groups: list
-) -> list[torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The packed codes of every group, and the per-component gain ``sum z^2 / sum z z_hat`` that makes the
+    reconstruction error uncorrelated with ``z`` (Lloyd-Max levels shrink every component toward zero)."""
     codes = [torch.empty(z.shape[0], packed_nbytes(n, b), dtype=torch.uint8) for n, b in groups]
+    energy, cross = torch.zeros(z.shape[1], dtype=torch.float64), torch.zeros(z.shape[1], dtype=torch.float64)
     for sl in _row_slices(z.shape[0]):
-        idx, _ = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
+        idx, recon = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
         for packed, q, (_, b) in zip(codes, idx, groups, strict=True):
             packed[sl] = pack_bits(q, b)
-    return codes
+        energy += z[sl].double().pow(2).sum(0)
+        cross += (z[sl] * recon * row_scale[sl, None] * comp_scale).double().sum(0)
+    return codes, (energy / cross.clamp_min(1e-30)).float()
+
+
+def random_orthogonal(n: int, seed: int) -> torch.Tensor:
+    """A seeded random ``n x n`` rotation (float64): a randomised Hadamard ``H diag(+-1) / sqrt(n)`` when ``n``
+    is a power of two, else the Q factor of a Gaussian matrix (sign-fixed, so Haar-distributed)."""
+    gen = torch.Generator().manual_seed(seed)
+    if n & (n - 1) == 0:
+        had = torch.ones(1, 1, dtype=torch.float64)
+        while had.shape[0] < n:
+            had = torch.cat([torch.cat([had, had], 1), torch.cat([had, -had], 1)])
+        signs = torch.randint(0, 2, (n,), generator=gen).double() * 2 - 1
+        return signs[:, None] * had / math.sqrt(n)
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+def _rotate_groups(basis: torch.Tensor, variances: torch.Tensor, groups: list, seed: int) -> torch.Tensor:
+    """Fold a random rotation of each group's whitened coefficients into the decoding basis.
+
+    The principal coefficients of a group (equal bits) are scaled to unit variance and rotated, which makes
+    them close to Gaussian (PCA coefficients of embeddings are heavy-tailed) -- the distribution a fixed-rate
+    Lloyd-Max codebook quantizes best. Decoding is unchanged: ``z' B' = z B``.
+    """
+    out, start = basis.clone(), 0
+    std = variances.sqrt().clamp_min(1e-6 * float(variances.max().sqrt()))
+    for g, (n, _) in enumerate(groups):
+        rows = slice(start, start + n)
+        out[rows] = random_orthogonal(n, seed + g).T @ (std[rows, None] * basis[rows])
+        start += n
+    return out
 
 
 def _scales(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,6 +443,9 @@ def encode(
     max_bits: int = 8,
     ridge: float = 1e-3,
     iters: int = 2,
+    rotate: bool = True,
+    debias: bool = True,
+    seed: int = 0,
 ) -> TransformCode:
     """Transform-code ``matrix`` (``V x H``, ``H`` a multiple of 8) within a byte budget.
 
@@ -413,8 +456,12 @@ def encode(
             ``None`` means plain squared error.
         max_bytes: explicit byte budget (overrides ``bits_per_weight``).
         max_bits: largest bit width of a band.
-        ridge: relative ridge added to the normalised metric (keeps its inverse root bounded).
+        ridge: relative ridge added to the normalised metric (keeps its inverse root bounded; larger values
+            shrink the metric toward plain squared error).
         iters: alternations of codebook / row-scale refits.
+        rotate: rotate each group's whitened coefficients by a seeded random rotation (no stored byte).
+        debias: rescale each component so that its error is uncorrelated with it (no stored byte).
+        seed: seed of the rotations.
 
     Returns:
         the :class:`TransformCode`; ``nbytes(code) <= budget``.
@@ -428,19 +475,20 @@ def encode(
     if not groups:
         raise ValueError(f"a budget of {budget} bytes leaves no bits for the codes of a {rows}x{cols} matrix")
     k = sum(n for n, _ in groups)
-    basis16 = basis.half()
+    basis16 = (_rotate_groups(basis, variances, groups, seed) if rotate else basis).half()
     z = _coefficients(x, mean, basis16, k)
     comp_scale, row_scale = _scales(z)
     for _ in range(max(1, iters)):
         books = _fit_codebooks(z, row_scale, comp_scale, groups)
         row_scale = _refit_all_row_scales(z, row_scale, comp_scale, books, groups)
+    codes, gain = _pack_all(z, row_scale, comp_scale, books, groups)
     return TransformCode(
         mean=mean,
         basis=basis16[:k],
-        comp_scale=comp_scale.half(),
+        comp_scale=(comp_scale * gain if debias else comp_scale).half(),
         row_scale=row_scale.half(),
         layout=torch.tensor(groups, dtype=torch.int32).reshape(-1, 2),
-        codes=_pack_all(z, row_scale, comp_scale, books, groups),
+        codes=codes,
         codebooks=books,
     )
 
