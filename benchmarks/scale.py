@@ -15,7 +15,7 @@ have a flat spectrum, so the quality columns of these runs mean nothing; time an
 Also measured: token counting over a large text file (the Python docs repeated), tokens/s and RSS.
 
     nice -n 5 python benchmarks/scale.py                    # both models, about 25 minutes on 2 cores
-    python benchmarks/scale.py --models gemma --runs compress
+    python benchmarks/scale.py --models gemma --runs compress   # replaces those rows of the results only
 
 Prints JSON on stdout and writes benchmarks/results/scale.{json,md}.
 """
@@ -191,6 +191,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {r['model']} | {shape} | {r['run']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | "
             f"{r['checkpoint_gib']:.2f} | {r['output_gib']:.3f} | {r['peak_over_checkpoint_in_matrices']:.2f} |"
         )
+    lines += [f"\n{r['model']} {r['run']}: {r['note']}" for r in data["rows"] if r.get("note")]
     for r in data["rows"]:
         if r["run"] == "count":
             lines += [
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs="+")
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--note", default="", help="A line about these runs (e.g. what else shared the machine).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.worker:
@@ -215,12 +217,20 @@ def main() -> None:
     save_tokenizer()
     for model in args.models:
         build(model)
-    rows = []
+    rows = previous_rows()
     for run in args.runs:
         for model in args.models if run != "count" else ["-"]:
-            rows.append(measure(["count"] if run == "count" else [model, run]))
-            logger.warning("%s", rows[-1])
+            row = measure(["count"] if run == "count" else [model, run]) | ({"note": args.note} if args.note else {})
+            rows = [r for r in rows if (r.get("model", "-"), r["run"]) != (model, run)] + [row]
+            logger.warning("%s", row)
+    rows.sort(key=lambda r: (RUNS.index(r["run"]), r.get("model", "")))
     write_results("scale", {"machine": machine(), "rows": rows}, markdown({"machine": machine(), "rows": rows}))
+
+
+def previous_rows() -> list[dict[str, Any]]:
+    """Rows of the committed results (a run of some models or runs replaces only those rows)."""
+    path = Path(__file__).parent / "results" / "scale.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
 if __name__ == "__main__":
