@@ -244,7 +244,9 @@ def main() -> None:
         "note": "KL / top-1: SmolLM2 vs original (lower KL, higher top-1 better); cos / nn10: MiniLM pooled cosine "
         "and top-10 neighbour overlap (higher better). bpw = 8 * stored bytes / (V * H), all scales, codebooks, "
         "basis (fp16) and mean included. rel MSE = |E - E'|^2 / |E - mean|^2; rel C-err = the same in the metric "
-        "C = E[h h^T] of self-generated final hidden states.",
+        "C = E[h h^T] of self-generated final hidden states. Rows named -rd use the library's rotation of each "
+        "bit group and debiased component scales (-rN: metric ridge N, i.e. shrunk toward the identity); the other "
+        "transform rows predate them and keep them off.",
         "machine": {"torch": torch.__version__, "threads": args.threads, "cpu": platform.machine()},
         "models": {},
     }
