@@ -212,7 +212,7 @@ def _mean_and_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     column sums, then float32 Gram products of centred chunks summed in float64 (about 4x faster than a
     float64 Gram matrix, and no cancellation since the chunks are centred first)."""
     rows = x.shape[0]
-    mean = (sum(x[sl].double().sum(0) for sl in _row_slices(rows)) / rows).half()
+    mean = (sum(x[sl].double().sum(0) for sl in _row_slices(rows)) / rows).half().cpu()
     centre = mean.float().to(x.device)
     cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
     for sl in _row_slices(rows):
