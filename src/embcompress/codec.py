@@ -1,7 +1,8 @@
 """Embedding-matrix codecs: the deployed reference quantizers and a metric-aware transform code.
 
-A leaf module (torch only). Every quantizer returns the de-quantized matrix together with the exact number of
-bytes its stored form takes (packed sub-byte values, all scales, codebooks, rotation, mean).
+A leaf module (torch and :mod:`embcompress.quant` only). Every quantizer returns the de-quantized matrix
+together with the exact number of bytes its stored form takes (packed sub-byte values, all scales, codebooks,
+rotation, mean).
 
 Reference quantizers (as deployed):
 
@@ -27,8 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
+
+from .quant import quantize_rows
 
 #: The 16 NF4 levels of bitsandbytes (normal-float 4-bit, absmax-normalised).
 NF4_LEVELS: tuple[float, ...] = (
@@ -107,11 +111,8 @@ def quantize_per_row(matrix: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor,
     Returns:
         ``(dequantized, nbytes)``; bytes = packed values + 4 bytes of scale per row.
     """
-    qmax = 2 ** (bits - 1) - 1
-    m = matrix.detach().float()
-    scale = m.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / qmax
-    q = torch.round(m / scale).clamp_(-qmax, qmax)
-    rows, cols = m.shape
+    q, scale = quantize_rows(matrix, bits)
+    rows, cols = matrix.shape
     return q * scale, rows * (packed_nbytes(cols, bits) + 4)
 
 
@@ -194,6 +195,10 @@ class TransformCode:
         return self.row_scale.shape[0], self.mean.shape[0]
 
 
+#: The :class:`TransformCode` fields stored as one tensor each, under their own name (see :func:`to_tensors`).
+_PLAIN_FIELDS = ("mean", "basis", "comp_scale", "row_scale", "layout")
+
+
 def _sqrt_psd(metric: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M^{1/2}, M^{-1/2})`` of a PSD metric normalised to mean eigenvalue 1, with a relative ridge."""
     m = metric.double().cpu()
@@ -247,15 +252,7 @@ def _coefficients(x: torch.Tensor, mean: torch.Tensor, basis16: torch.Tensor, k:
 
 def _groups(bits: list[int]) -> list[tuple[int, int]]:
     """Runs of equal bits (bands are in descending variance order) as ``(components, bits)``, zero-bit tail cut."""
-    out: list[tuple[int, int]] = []
-    for b in bits:
-        if b == 0:
-            continue
-        if out and out[-1][1] == b:
-            out[-1] = (out[-1][0] + BAND, b)
-        else:
-            out.append((BAND, b))
-    return out
+    return [(BAND * len(list(run)), b) for b, run in groupby(b for b in bits if b)]
 
 
 def _gauss_init(levels: int) -> torch.Tensor:
@@ -330,20 +327,16 @@ def _quantize(
     return idx, recon
 
 
-def _refit_row_scale(z: torch.Tensor, recon: torch.Tensor, comp_scale: torch.Tensor) -> torch.Tensor:
-    """Least-squares row scale given the chosen levels: ``argmin_s |z - s * c|^2`` with ``c = level * comp_scale``."""
-    c = recon * comp_scale[None, :]
-    s = (z * c).sum(-1) / (c * c).sum(-1).clamp_min(1e-30)
-    return s.clamp_min(1e-8).half().float()
-
-
-def _refit_all_row_scales(
+def _refit_row_scales(
     z: torch.Tensor, row_scale: torch.Tensor, comp_scale: torch.Tensor, books: list[torch.Tensor], groups: list
 ) -> torch.Tensor:
+    """Least-squares row scales given the chosen levels: ``argmin_s |z - s * c|^2`` with ``c = level * comp_scale``."""
     out = torch.empty_like(row_scale)
     for sl in _row_slices(z.shape[0]):
         _, recon = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
-        out[sl] = _refit_row_scale(z[sl], recon, comp_scale)
+        c = recon * comp_scale[None, :]
+        s = (z[sl] * c).sum(-1) / (c * c).sum(-1).clamp_min(1e-30)
+        out[sl] = s.clamp_min(1e-8).half().float()
     return out
 
 
@@ -404,15 +397,12 @@ def _scales(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return comp_scale, row_scale.clamp_min(1e-8).half().float()
 
 
-def overhead_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
-    """Bytes of everything but the packed codes (mean, basis, scales, layout, codebooks)."""
-    k = sum(n for n, _ in groups)
-    return 2 * cols + 2 * k * cols + 2 * k + 2 * rows + 8 * len(groups) + sum(2 * 2**b for _, b in groups)
-
-
 def total_nbytes(rows: int, cols: int, groups: list[tuple[int, int]]) -> int:
-    """Exact stored bytes of a transform code with this group layout."""
-    return overhead_nbytes(rows, cols, groups) + rows * sum(packed_nbytes(n, b) for n, b in groups)
+    """Exact stored bytes of a transform code with this group layout: the mean, basis, scales, layout and
+    codebooks, and the packed codes."""
+    k = sum(n for n, _ in groups)
+    overhead = 2 * cols + 2 * k * cols + 2 * k + 2 * rows + 8 * len(groups) + sum(2 * 2**b for _, b in groups)
+    return overhead + rows * sum(packed_nbytes(n, b) for n, b in groups)
 
 
 def _fit_groups(rows: int, cols: int, variances: torch.Tensor, budget_bytes: int, max_bits: int) -> list:
@@ -480,7 +470,7 @@ def encode(
     comp_scale, row_scale = _scales(z)
     for _ in range(max(1, iters)):
         books = _fit_codebooks(z, row_scale, comp_scale, groups)
-        row_scale = _refit_all_row_scales(z, row_scale, comp_scale, books, groups)
+        row_scale = _refit_row_scales(z, row_scale, comp_scale, books, groups)
     codes, gain = _pack_all(z, row_scale, comp_scale, books, groups)
     return TransformCode(
         mean=mean,
@@ -496,10 +486,8 @@ def encode(
 def decode_rows(code: TransformCode, ids: torch.Tensor) -> torch.Tensor:
     """Decode only rows ``ids`` (any shape) to float32 ``(*ids.shape, H)`` without building the full matrix."""
     flat = ids.reshape(-1).long()
-    parts, start = [], 0
-    for (n, b), packed, book in zip(code.layout.tolist(), code.codes, code.codebooks, strict=True):
-        parts.append(grid_levels(book.float())[0][unpack_bits(packed[flat], b, n)])
-        start += n
+    groups = zip(code.layout.tolist(), code.codes, code.codebooks, strict=True)
+    parts = [grid_levels(book.float())[0][unpack_bits(packed[flat], b, n)] for (n, b), packed, book in groups]
     u = torch.cat(parts, -1) if parts else torch.zeros(flat.numel(), 0)
     z = u * code.row_scale.float()[flat, None] * code.comp_scale.float()[None, :]
     out = z @ code.basis.float() + code.mean.float()
@@ -508,19 +496,12 @@ def decode_rows(code: TransformCode, ids: torch.Tensor) -> torch.Tensor:
 
 def decode(code: TransformCode, chunk: int = 8192) -> torch.Tensor:
     """The full de-quantized ``V x H`` matrix (decoded in chunks of rows)."""
-    rows = code.shape[0]
-    return torch.cat([decode_rows(code, torch.arange(i, min(rows, i + chunk))) for i in range(0, rows, chunk)])
+    return torch.cat([decode_rows(code, ids) for ids in torch.arange(code.shape[0]).split(chunk)])
 
 
 def to_tensors(code: TransformCode) -> dict[str, torch.Tensor]:
     """Flat ``name -> tensor`` state dict (safetensors-ready); exactly the stored bytes."""
-    out = {
-        "mean": code.mean,
-        "basis": code.basis,
-        "comp_scale": code.comp_scale,
-        "row_scale": code.row_scale,
-        "layout": code.layout,
-    }
+    out = {name: getattr(code, name) for name in _PLAIN_FIELDS}
     for g, (packed, book) in enumerate(zip(code.codes, code.codebooks, strict=True)):
         out[f"codes.{g}"] = packed
         out[f"codebook.{g}"] = book
@@ -529,26 +510,17 @@ def to_tensors(code: TransformCode) -> dict[str, torch.Tensor]:
 
 def from_tensors(tensors: dict[str, torch.Tensor]) -> TransformCode:
     """Inverse of :func:`to_tensors`."""
-    groups = tensors["layout"].shape[0]
+    groups = range(tensors["layout"].shape[0])
     return TransformCode(
-        mean=tensors["mean"],
-        basis=tensors["basis"],
-        comp_scale=tensors["comp_scale"],
-        row_scale=tensors["row_scale"],
-        layout=tensors["layout"],
-        codes=[tensors[f"codes.{g}"] for g in range(groups)],
-        codebooks=[tensors[f"codebook.{g}"] for g in range(groups)],
+        **{name: tensors[name] for name in _PLAIN_FIELDS},
+        codes=[tensors[f"codes.{g}"] for g in groups],
+        codebooks=[tensors[f"codebook.{g}"] for g in groups],
     )
 
 
 def nbytes(code: TransformCode) -> int:
     """Stored size in bytes: the sum of :func:`to_tensors`' tensor sizes."""
     return sum(t.numel() * t.element_size() for t in to_tensors(code).values())
-
-
-def bits_per_weight(nbytes_: int, rows: int, cols: int) -> float:
-    """``8 * bytes / (rows * cols)``."""
-    return 8 * nbytes_ / (rows * cols)
 
 
 #: The deployed quantizers every report compares against, by name: ``(dequantized, stored bytes)``.
