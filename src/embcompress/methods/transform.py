@@ -102,7 +102,7 @@ class TransformCodedEmbedding(CompressedEmbedding):
     ) -> TransformCodedEmbedding:
         """A module holding ``code`` (``spec.options['groups']`` must match its layout)."""
         module = cls.from_spec(spec, compute_dtype, device=code.mean.device)
-        tensors = {"mean": code.mean, "basis": code.basis, "comp_scale": code.comp_scale, "row_scale": code.row_scale}
+        tensors = {name: getattr(code, name) for name in FLOAT_NAMES}
         for g, (packed, book) in enumerate(zip(code.codes, code.codebooks, strict=True)):
             tensors[f"codes_{g}"], tensors[f"codebook_{g}"] = packed, book
         with torch.no_grad():
@@ -170,21 +170,9 @@ class TransformCodedEmbedding(CompressedEmbedding):
         if use_fast_kernel(g):
             table, steps = self.int8_table()
             return int8_matmul_t(g * steps, table, self.row_scale) + bias
-        parts = []
-        for start in range(0, self.num_embeddings, HEAD_CHUNK):
-            ids = torch.arange(start, min(start + HEAD_CHUNK, self.num_embeddings), device=h.device)
-            parts.append((g @ self._levels(ids).T) * self.row_scale.to(dt)[ids])
+        chunks = torch.arange(self.num_embeddings, device=h.device).split(HEAD_CHUNK)
+        parts = [(g @ self._levels(ids).T) * self.row_scale.to(dt)[ids] for ids in chunks]
         return torch.cat(parts, -1) + bias
-
-
-def target_bytes(spec: ModuleSpec, ratio: float | None, options: TransformOptions) -> int:
-    """The byte budget of ``spec``'s matrix: ``bits_per_weight`` if given, else fp32 bytes / ``ratio``."""
-    entries = spec.num_embeddings * spec.embedding_dim
-    if options.bits_per_weight:
-        return int(options.bits_per_weight * entries / 8)
-    if ratio is None:
-        raise BudgetError("method 'transform' needs a byte budget: pass --ratio R (or -O bits_per_weight=B)")
-    return int(entries * 4 / ratio)
 
 
 class TransformMethod(FactorizationMethod):
@@ -197,8 +185,14 @@ class TransformMethod(FactorizationMethod):
     default_factor_dtype: ClassVar[str] = "float16"
 
     def target_bytes(self, spec: ModuleSpec, ratio: float | None, options: MethodOptions) -> int:
+        """The byte budget of ``spec``'s matrix: ``bits_per_weight`` if given, else fp32 bytes / ``ratio``."""
         assert isinstance(options, TransformOptions)
-        return target_bytes(spec, ratio, options)
+        entries = spec.num_embeddings * spec.embedding_dim
+        if options.bits_per_weight:
+            return int(options.bits_per_weight * entries / 8)
+        if ratio is None:
+            raise BudgetError("method 'transform' needs a byte budget: pass --ratio R (or -O bits_per_weight=B)")
+        return int(entries * 4 / ratio)
 
     @property
     def module_class(self) -> type[CompressedEmbedding]:
