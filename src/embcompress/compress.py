@@ -155,10 +155,8 @@ class Layout:
         return {"buckets": list(self.sizes), "bucket_ranks": list(self.ranks)}
 
     def describe(self) -> str:
-        parts = [
-            f"{n:,} whole" if r == DENSE else f"{n:,} at rank {r}" for n, r in zip(self.sizes, self.ranks, strict=True)
-        ]
-        return " + ".join(parts)
+        buckets = zip(self.sizes, self.ranks, strict=True)
+        return " + ".join(f"{n:,} whole" if r == DENSE else f"{n:,} at rank {r}" for n, r in buckets)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dense": self.dense, "description": self.describe()}
@@ -272,8 +270,8 @@ def largest_tail_rank(rows: int, cols: int, dense: int, target: int) -> int:
     max_params = max_layout_params(rows, cols)
     best = 0
     for rank in range(1, cols + 1):
-        sizes, ranks = ([dense, rows - dense], [DENSE, rank]) if dense else ([rows], [rank])
-        if layout_bytes(cols, sizes, ranks) > target or layout_params(cols, sizes, ranks) > max_params:
+        layout = fixed_layout(rows, cols, dense, rank)
+        if layout.nbytes > target or layout_params(cols, layout.sizes, layout.ranks) > max_params:
             break
         best = rank
     return best
@@ -316,11 +314,6 @@ class CompressResult:
         }
 
 
-def _split_docs(path: str, options: CompressOptions, split: str) -> Any:
-    docs = iter_documents(path, options.text_field)
-    return split_documents(docs, split, options.heldout_fraction, options.seed)
-
-
 def frequency_counts(tokenizer: Any, options: CompressOptions, rows: int) -> tuple[torch.Tensor, str]:
     """Token counts of the training split of ``data``, or the vocabulary-order prior without data."""
     if options.data is None:
@@ -328,7 +321,9 @@ def frequency_counts(tokenizer: Any, options: CompressOptions, rows: int) -> tup
         return prior_counts(rows), "vocabulary order (no --data)"
     if tokenizer is None:
         raise EmbcompressError("counting token frequencies needs the model's tokenizer, but none could be loaded")
-    counts = count_tokens(tokenizer, _split_docs(options.data, options, "train"), rows, max_tokens=5_000_000)
+    docs = iter_documents(options.data, options.text_field)
+    train = split_documents(docs, "train", options.heldout_fraction, options.seed)
+    counts = count_tokens(tokenizer, train, rows, max_tokens=5_000_000)
     return counts.double(), f"train split of {options.data}"
 
 
@@ -352,16 +347,8 @@ def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
     config = DistillConfig.from_dict(
         {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )
-    config.validate()
     check_seq_len(model, config)
     return config
-
-
-def _report_options(options: CompressOptions) -> ReportOptions:
-    held = None if options.eval_data is not None else options.heldout_fraction
-    return ReportOptions(
-        eval=EvalOptions(), text_field=options.text_field, heldout_fraction=held, split_seed=options.seed
-    )
 
 
 def original_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -394,12 +381,6 @@ def final_module_stats(
         serving_dense = bool(stats.get("serving_dense", False))
         out.append(module_stats(source.spec, original, source, weights, serving_dense).to_dict())
     return out
-
-
-def check_model(model: nn.Module, options: CompressOptions) -> DistillConfig | None:
-    """Checks that need the model but touch nothing; the distillation settings when distilling."""
-    model_kind(model, "compress")
-    return distill_config(model, options) if options.distilling else None
 
 
 def _domain_factorize(
@@ -484,16 +465,17 @@ def compress_model(
     """
     reporter = reporter or LoggingReporter()
     options.check()
-    config = check_model(model, options)
+    model_kind(model, "compress")
+    config = distill_config(model, options) if options.distilling else None
     teacher = copy.deepcopy(model) if config is not None or options.report else None
     originals = original_matrices(teacher or model)
     final_dtype = "int8" if options.domain else "float16"
     train_dtype = "float32" if config is not None else final_dtype
-    counts, origin = None, None
+    counts, origin, buckets = None, None, {}
     if options.domain:
         summary, plan, counts, origin = _domain_factorize(model, tokenizer, options, train_dtype, reporter)
         layout = f"{plan.describe()} (tokens by frequency), int8"
-        summary["buckets"] = plan.to_dict()
+        buckets = {"buckets": plan.to_dict()}
     else:
         summary, layout = _robust_factorize(model, tokenizer, options, train_dtype, reporter)
     summary["source"] = model_name
@@ -509,9 +491,7 @@ def compress_model(
     if train_dtype != final_dtype:
         with reporter.stage(f"storing the factors as {final_dtype}"):
             convert_factor_dtype(model, final_dtype)
-    summary["recipe"] = {"options": options.to_dict(), "layout": layout, "frequency": origin}
-    if options.domain:
-        summary["recipe"]["buckets"] = summary.pop("buckets")
+    summary["recipe"] = {"options": options.to_dict(), "layout": layout, "frequency": origin, **buckets}
     if config is not None or train_dtype != final_dtype:  # the factors changed since the fit measured them
         summary["modules"] = final_module_stats(model, originals, summary.get("modules", []), counts)
     embedding_bytes = sum(m["bytes_after"] for m in summary["modules"])
@@ -526,12 +506,16 @@ def compress_model(
 def _report(
     student: nn.Module, teacher: nn.Module, tokenizer: Any, options: CompressOptions, name: str, reporter: Reporter
 ) -> dict[str, Any]:
+    held = None if options.eval_data is not None else options.heldout_fraction
+    report_options = ReportOptions(
+        eval=EvalOptions(), text_field=options.text_field, heldout_fraction=held, split_seed=options.seed
+    )
     return build_report(
         student,
         teacher,
         tokenizer,
         options.eval_data or options.data,
-        _report_options(options),
+        report_options,
         student_name=f"{name} (compressed)",
         teacher_name=name,
         reporter=reporter,
@@ -559,8 +543,7 @@ def _ood_report(
                 raise
             logger.warning("no out-of-domain column: the self-sampled text could not be evaluated (%s)", exc)
             return None
-    keep = ("data", "task", "behaviour", "references", "glance")
-    out = {k: report[k] for k in keep}
+    out = {k: report[k] for k in ("data", "task", "behaviour", "references", "glance")}
     out["source"] = options.ood_data or f"{OOD_DOCS} documents of {OOD_TOKENS} tokens sampled from {name}"
     return out
 
@@ -592,8 +575,7 @@ def quality_markdown(result: CompressResult) -> str | None:
         parts.append(glance_markdown(result.report))
     if result.ood_report is not None and result.ood_report.get("behaviour") is not None:
         parts.append(f"Out of domain: {result.ood_report['source']}.\n\n{glance_markdown(result.ood_report)}")
-    warning = domain_warning(result)
-    if warning:
+    if warning := domain_warning(result):
         parts.append(f"**{warning}**")
     return "\n\n".join(parts) if parts else None
 

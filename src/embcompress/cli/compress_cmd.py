@@ -104,12 +104,10 @@ def show(result: CompressResult) -> None:
     stdout.print(f"{result.layout} ({mb(result.embedding_bytes)}){source}")
     if result.report is not None:
         emit(result.report, "rich")
-    if result.ood_report is not None and result.ood_report.get("behaviour") is not None:
-        stdout.print(
-            f"[bold]Out of domain[/] ({result.ood_report['source']}): {result.ood_report['glance']['verdict']}"
-        )
-        stdout.print(rich_table(glance_table(result.ood_report)))
-    warning = domain_warning(result)
-    if warning:
+    ood = result.ood_report
+    if ood is not None and ood.get("behaviour") is not None:
+        stdout.print(f"[bold]Out of domain[/] ({ood['source']}): {ood['glance']['verdict']}")
+        stdout.print(rich_table(glance_table(ood)))
+    if warning := domain_warning(result):
         stdout.print(f"[yellow]{warning}[/]")
     stdout.print(f"wrote [bold]{result.output}[/]")
