@@ -50,8 +50,7 @@ def budget_from(rank: int | None, energy: float | None, ratio: float | None) -> 
         raise BudgetError(f"--ratio must be greater than 1, got {ratio}")
     if not given:
         return None
-    mode, value = next(iter(given.items()))
-    return Budget(mode, value)
+    return Budget(*next(iter(given.items())))
 
 
 def spectrum(matrix: torch.Tensor, method: FactorizationMethod, row_weights: torch.Tensor | None) -> torch.Tensor:

@@ -49,8 +49,7 @@ class FrequencyOptions(Options):
 
     def check(self) -> None:
         """Fail early (before any model is loaded) on a corpus with no text."""
-        first = next(iter_documents(self.path, self.text_field), None)
-        if first is None:
+        if next(iter_documents(self.path, self.text_field), None) is None:
             raise EmbcompressError(f"frequency data '{self.path}' holds no text")
 
 
