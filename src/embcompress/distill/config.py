@@ -114,9 +114,7 @@ class DistillConfig(Options):
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["hidden_layers"] = list(self.hidden_layers)
-        return data
+        return {**super().to_dict(), "hidden_layers": list(self.hidden_layers)}
 
     def with_default_budget(self) -> DistillConfig:
         """A copy with ``max_minutes=30`` when no budget was given."""
@@ -145,4 +143,3 @@ class DistillConfig(Options):
         require(self.cache_top_k > 0, "cache_top_k", f"must be positive, got {self.cache_top_k}")
         if isinstance(self.weights, dict):
             self.weights = LossWeights.from_dict(self.weights)
-        self.weights.validate()

@@ -25,7 +25,7 @@ from ..checkpoint import (
     write_checkpoint,
 )
 from ..checkpoint import load as load_compressed
-from ..data import corpus_files, iter_documents
+from ..data import iter_documents
 from ..errors import CheckpointError, EmbcompressError
 from ..kinds import ModelKind, model_kind
 from ..progress import LoggingReporter, Reporter
@@ -37,19 +37,13 @@ from .model_utils import max_positions
 from .trainer import LOG_NAME, Distiller, DistillResult, make_accelerator
 
 
-def default_state_dir(out: Path) -> Path:
-    """Training checkpoints live beside the output: ``<out>.distill/``."""
-    return out.with_name(out.name + ".distill")
-
-
 def check_data(data: str | os.PathLike[str] | None, config: DistillConfig, caching: bool = False) -> None:
     """Fail before loading any model on a missing, empty or non-text corpus, or on caching without one."""
     if caching and data is None:
         raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
     if data is None:
         return
-    corpus_files(data)
-    if next(iter(iter_documents(data, config.text_field)), None) is None:
+    if next(iter_documents(data, config.text_field), None) is None:
         raise EmbcompressError(f"the data in '{data}' holds no text")
 
 
@@ -68,12 +62,12 @@ def check_pair(student: nn.Module, teacher: nn.Module, s_tok: Any | None, t_tok:
     kind, t_kind = model_kind(student), model_kind(teacher)
     if kind != t_kind:
         raise EmbcompressError(f"student is a {kind} model ({type(student).__name__}) but the teacher is {t_kind}")
-    s_cfg, t_cfg = student.config, teacher.config
     for name in ("vocab_size", "hidden_size"):
-        if getattr(s_cfg, name, None) != getattr(t_cfg, name, None):
+        s_value, t_value = getattr(student.config, name, None), getattr(teacher.config, name, None)
+        if s_value != t_value:
             raise EmbcompressError(
-                f"teacher/student {name} mismatch: student {getattr(s_cfg, name, None)}, "
-                f"teacher {getattr(t_cfg, name, None)}; pass the model the student was factorized from"
+                f"teacher/student {name} mismatch: student {s_value}, teacher {t_value}; "
+                "pass the model the student was factorized from"
             )
     if t_tok is None and s_tok is None:
         raise EmbcompressError("neither the student nor the teacher has a tokenizer")
@@ -156,9 +150,7 @@ def distill_model(
     not given). Under ``accelerate launch`` every process calls this with its own copy of both models;
     ``accelerator`` defaults to :func:`make_accelerator` (CUDA when available).
     """
-    reporter = reporter or LoggingReporter()
     config = config.with_default_budget()
-    config.validate()
     config.data_free = data is None
     check_data(data, config, caching=cache_dir is not None)
     kind = check_pair(student, teacher, tokenizer, tokenizer)
@@ -220,14 +212,13 @@ def distill_checkpoint(
     """
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions(device="cuda" if torch.cuda.is_available() else "cpu")
-    config.with_default_budget().validate()
     out_path = Path(out)
     check_output_dir(out_path, overwrite)
     check_data(data, config, caching=cache_dir is not None)
     if not Path(student).is_dir():
         raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
     read_compression_config(Path(student))
-    states = Path(state_dir) if state_dir else default_state_dir(out_path)
+    states = Path(state_dir) if state_dir else out_path.with_name(out_path.name + ".distill")
     accelerator = make_accelerator(load.device)
     prepare_state_dir(states, resume, overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
