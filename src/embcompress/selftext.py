@@ -19,10 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def _start_id(tokenizer: Any) -> int:
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        if token_id is not None:
-            return int(token_id)
-    return 0
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return next((int(i) for i in ids if i is not None), 0)
 
 
 @torch.no_grad()

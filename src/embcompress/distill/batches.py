@@ -49,11 +49,8 @@ def collate(windows: list[torch.Tensor], pad_id: int, key: int = -1) -> Batch:
 
 
 def pad_id_of(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
+    ids = (getattr(tokenizer, name, None) for name in ("pad_token_id", "eos_token_id", "unk_token_id"))
+    return next((int(i) for i in ids if i is not None), 0)
 
 
 class CorpusBatches:
@@ -131,10 +128,9 @@ class CorpusBatches:
 def ordinary_token_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     """Token ids usable as random text: not special, not ``[unused..]`` placeholders, inside the model vocab."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    vocab = tokenizer.get_vocab()
     ids = [
         i
-        for tok, i in vocab.items()
+        for tok, i in tokenizer.get_vocab().items()
         if i < vocab_size and i not in special and not tok.startswith(("[unused", "<unused", "<|", "[PAD", "<pad"))
     ]
     if not ids:
@@ -172,21 +168,21 @@ class RandomTokenBatches(_SeededBatches):
     def __init__(self, tokenizer: Any, vocab_size: int, config: DistillConfig, rank: int = 0, world: int = 1) -> None:
         self.config, self.rank, self.world = config, rank, world
         self.pool = ordinary_token_ids(tokenizer, vocab_size)
-        self.bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        self.eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        self.head = [torch.tensor([bos])] if bos is not None else []
+        self.tail = [torch.tensor([eos])] if eos is not None else []
         self.pad_id = pad_id_of(tokenizer)
 
     def make(self, seed: int) -> Batch:
         gen = torch.Generator().manual_seed(seed)
         windows = []
-        frame = int(self.bos is not None) + int(self.eos is not None)
+        frame = len(self.head) + len(self.tail)
         low = max(2, self.config.seq_len // 4)
         for _ in range(self.config.batch_size):
             length = int(torch.randint(low, self.config.seq_len + 1, (1,), generator=gen)) - frame
             body = self.pool[torch.randint(len(self.pool), (max(length, 1),), generator=gen)]
-            parts = [torch.tensor([t]) for t in (self.bos,) if t is not None]
-            parts += [body] + [torch.tensor([t]) for t in (self.eos,) if t is not None]
-            windows.append(torch.cat(parts))
+            windows.append(torch.cat([*self.head, body, *self.tail]))
         return collate(windows, self.pad_id)
 
     label = "data-free (random tokens)"

@@ -52,18 +52,12 @@ def select_trainable(model: nn.Module, mode: str) -> list[str]:
 
 def freeze(model: nn.Module) -> nn.Module:
     """Teacher: eval mode, no parameter requires grad."""
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def max_positions(model: nn.Module) -> int | None:
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    limits = (getattr(model.config, name, None) for name in ("max_position_embeddings", "n_positions", "max_seq_len"))
+    return next((n for n in limits if isinstance(n, int) and n > 0), None)
 
 
 @dataclass

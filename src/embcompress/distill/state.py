@@ -68,7 +68,7 @@ def save_state(
     optimizer_state: dict[str, Any],
     best: dict[str, torch.Tensor] | None,
     info: dict[str, Any],
-) -> Path:
+) -> None:
     """Atomically write ``folder/last`` (replacing the previous checkpoint only once complete)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / LAST
@@ -81,7 +81,6 @@ def save_state(
             save_file(_cpu(best), str(tmp / BEST))
         (tmp / STATE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("checkpoint at step %s written to %s", info.get("step"), target)
-    return target
 
 
 def load_state(

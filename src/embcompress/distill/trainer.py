@@ -151,9 +151,8 @@ class Distiller:
         self.trainable = select_trainable(student, config.train)
         self.teacher = freeze(teacher).to(accelerator.device)
         student.eval()  # no dropout: the student must match a deterministic teacher
-        params = dict(student.named_parameters())
         optimizer = torch.optim.AdamW(
-            [params[n] for n in self.trainable], lr=config.lr, weight_decay=config.weight_decay
+            [p for p in student.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
         )
         self.model, self.optimizer = accelerator.prepare(student, optimizer)
         self.student = accelerator.unwrap_model(self.model)
@@ -423,11 +422,10 @@ class Distiller:
 
     def _diverged(self, loss: float) -> DistillDiverged:
         self.optimizer.zero_grad(set_to_none=True)
-        saved = self.saved_step
         self._log("diverged", loss=loss)
         return DistillDiverged(
-            f"the loss became {loss} at step {self.step + 1}; stopped. The last good checkpoint (step {saved}) "
-            f"is kept in '{self.state_dir}': continue with --resume and a lower --lr"
+            f"the loss became {loss} at step {self.step + 1}; stopped. The last good checkpoint (step "
+            f"{self.saved_step}) is kept in '{self.state_dir}': continue with --resume and a lower --lr"
         )
 
     def train(self) -> DistillResult:
