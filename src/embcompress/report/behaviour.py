@@ -42,23 +42,21 @@ def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
 
 
-def _lm_positions(eval_set: EvalSet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selector over logits positions and the target token at each selected position."""
+def _lm_logp(model: nn.Module, eval_set: EvalSet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target token at each scored position (next token / masked token) and the model's log-probabilities there."""
     if eval_set.task == "causal-lm":
         ids, mask = batch["input_ids"], batch["attention_mask"]
         select = torch.zeros_like(mask, dtype=torch.bool)
         select[:, :-1] = (mask[:, :-1] * mask[:, 1:]).bool()
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
-        return select, targets[select]
-    select = batch["labels"] != -100
-    return select, batch["labels"][select]
+    else:
+        select, targets = batch["labels"] != -100, batch["labels"]
+    return targets[select], F.log_softmax(_forward(model, batch).logits.float().cpu()[select], dim=-1)
 
 
 def _lm_teacher(model: nn.Module, eval_set: EvalSet, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict:
-    select, targets = _lm_positions(eval_set, batch)
-    logits = _forward(model, batch).logits.float().cpu()[select]
-    logp = F.log_softmax(logits, dim=-1)
+    targets, logp = _lm_logp(model, eval_set, batch)
     return {
         "targets": targets,
         "logp": logp.to(dtype),
@@ -73,7 +71,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(pooled, dim=-1)
 
 
-def _encoder_teacher(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+def _encoder_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
     hidden = _forward(model, batch).last_hidden_state.float().cpu()
     return {"hidden": hidden, "pooled": _pool(hidden, batch["attention_mask"])}
 
@@ -85,7 +83,7 @@ def teacher_outputs(model: nn.Module, eval_set: EvalSet, neighbours: int = 10, p
     dtype = torch.float32 if eval_set.n_tokens * vocab <= FLOAT32_CACHE_LIMIT else torch.float16
     for batch in eval_set.batches:
         if eval_set.task == "encoder":
-            out.per_batch.append(_encoder_teacher(model, batch))
+            out.per_batch.append(_encoder_outputs(model, batch))
         else:
             out.per_batch.append(_lm_teacher(model, eval_set, batch, dtype))
         if progress is not None:
@@ -94,9 +92,7 @@ def teacher_outputs(model: nn.Module, eval_set: EvalSet, neighbours: int = 10, p
 
 
 def _lm_student_batch(model: nn.Module, eval_set: EvalSet, batch: dict, teacher: dict) -> dict[str, torch.Tensor]:
-    select, targets = _lm_positions(eval_set, batch)
-    logits = _forward(model, batch).logits.float().cpu()[select]
-    logp_s = F.log_softmax(logits, dim=-1)
+    targets, logp_s = _lm_logp(model, eval_set, batch)
     logp_t = teacher["logp"].float()
     kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
     top5_s = logp_s.topk(5, dim=-1).indices
@@ -135,14 +131,13 @@ def _lm_summary(rows: dict[str, torch.Tensor], task: str) -> dict[str, Any]:
 
 
 def _encoder_student_batch(model: nn.Module, batch: dict, teacher: dict) -> dict[str, torch.Tensor]:
-    hidden = _forward(model, batch).last_hidden_state.float().cpu()
+    student = _encoder_outputs(model, batch)
     mask = batch["attention_mask"].bool()
-    cos = F.cosine_similarity(hidden, teacher["hidden"], dim=-1, eps=1e-12)
-    pooled = _pool(hidden, batch["attention_mask"])
+    cos = F.cosine_similarity(student["hidden"], teacher["hidden"], dim=-1, eps=1e-12)
     return {
         "targets": batch["input_ids"][mask],
         "token_cosine": cos[mask],
-        "pooled": pooled,
+        "pooled": student["pooled"],
         "pooled_teacher": teacher["pooled"],
     }
 
