@@ -63,7 +63,7 @@ class EvalSet:
         return {"task": self.task, "sequences": self.n_sequences, "tokens": self.n_tokens}
 
 
-def _batched(rows: list[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+def _batched(rows: Iterable[torch.Tensor], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     padded = (pad_rows(chunk, pad_id) for chunk in chunked(rows, batch_size))
     return [{"input_ids": ids, "attention_mask": mask} for ids, mask in padded]
 
@@ -73,39 +73,31 @@ def causal_eval_set(tokenizer: Any, documents: Iterable[str], options: EvalOptio
     tokens = list(itertools.islice(token_stream(tokenizer, documents), options.max_tokens))
     if len(tokens) < 2:
         raise EmbcompressError("the evaluation text holds fewer than 2 tokens; pass a longer --data text")
-    seq_len = min(options.seq_len, len(tokens))
-    rows = list(packed_windows(tokens, seq_len))
+    rows = packed_windows(tokens, min(options.seq_len, len(tokens)))
     return EvalSet("causal-lm", _batched(rows, options.batch_size, 0))
-
-
-def _document_rows(tokenizer: Any, documents: Iterable[str], options: EvalOptions) -> list[torch.Tensor]:
-    docs = list(itertools.islice((d for d in documents if d.strip()), options.max_docs))
-    if not docs:
-        raise EmbcompressError("the evaluation text is empty (no documents); pass a --data file with text")
-    encoded = tokenizer(docs, truncation=True, max_length=options.seq_len)["input_ids"]
-    return [torch.tensor(ids, dtype=torch.long) for ids in encoded if len(ids) > 0]
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
 
 
 def encoder_eval_set(tokenizer: Any, documents: Iterable[str], options: EvalOptions) -> EvalSet:
     """One sequence per document (special tokens added, truncated to ``seq_len``)."""
-    rows = _document_rows(tokenizer, documents, options)
-    return EvalSet("encoder", _batched(rows, options.batch_size, _pad_id(tokenizer)))
+    docs = list(itertools.islice((d for d in documents if d.strip()), options.max_docs))
+    if not docs:
+        raise EmbcompressError("the evaluation text is empty (no documents); pass a --data file with text")
+    encoded = tokenizer(docs, truncation=True, max_length=options.seq_len)["input_ids"]
+    rows = [torch.tensor(ids, dtype=torch.long) for ids in encoded if len(ids) > 0]
+    pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+    return EvalSet("encoder", _batched(rows, options.batch_size, pad_id))
 
 
 def masked_eval_set(tokenizer: Any, documents: Iterable[str], options: EvalOptions) -> EvalSet:
     """Documents with ``mask_prob`` of their non-special tokens replaced by the mask token (at least one)."""
     if tokenizer.mask_token_id is None:
         raise EmbcompressError("the tokenizer has no mask token; cannot evaluate a masked LM")
-    special = set(tokenizer.all_special_ids)
+    special = torch.tensor(tokenizer.all_special_ids, dtype=torch.long)
     gen = torch.Generator().manual_seed(options.seed)
-    batches = _batched(_document_rows(tokenizer, documents, options), options.batch_size, _pad_id(tokenizer))
+    batches = encoder_eval_set(tokenizer, documents, options).batches
     for batch in batches:
         ids = batch["input_ids"]
-        maskable = batch["attention_mask"].bool() & ~torch.isin(ids, torch.tensor(sorted(special)))
+        maskable = batch["attention_mask"].bool() & ~torch.isin(ids, special)
         chosen = (torch.rand(ids.shape, generator=gen) < options.mask_prob) & maskable
         for row in range(ids.shape[0]):
             if not bool(chosen[row].any()) and bool(maskable[row].any()):
@@ -117,8 +109,6 @@ def masked_eval_set(tokenizer: Any, documents: Iterable[str], options: EvalOptio
 
 def build_eval_set(task: str, tokenizer: Any, documents: Iterable[str], options: EvalOptions) -> EvalSet:
     """The evaluation batches for ``task``."""
-    if tokenizer is None:
-        raise EmbcompressError("behaviour metrics need a tokenizer; neither the student nor the teacher has one")
     builders = {"causal-lm": causal_eval_set, "masked-lm": masked_eval_set, "encoder": encoder_eval_set}
     eval_set = builders[task](tokenizer, documents, options)
     if not eval_set.batches:
