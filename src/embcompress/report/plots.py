@@ -15,8 +15,12 @@ from .buckets import BUCKETS
 from .tables import variants
 
 
-def to_svg(fig: Figure) -> str:
-    """The figure as an ``<svg>`` element (XML prolog stripped); the figure is closed."""
+def to_svg(fig: Figure, grid_axis: str = "both") -> str:
+    """The figure, with a grid and a legend on every axes, as an ``<svg>`` element (XML prolog stripped);
+    the figure is closed."""
+    for ax in fig.axes:
+        ax.grid(axis=grid_axis, alpha=0.3)
+        ax.legend(fontsize=8)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
@@ -46,9 +50,6 @@ def spectrum_figure(spectrum: dict[str, Any]) -> str | None:
             )
     ax_s.set(title="Singular values", xlabel="index", ylabel="singular value")
     ax_e.set(title="Energy kept by rank", xlabel="rank", ylabel="share of squared Frobenius norm", ylim=(0, 1.02))
-    for ax in (ax_s, ax_e):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
     return to_svg(fig)
 
 
@@ -62,9 +63,7 @@ def _grouped_bars(title: str, ylabel: str, series: dict[str, list[float | None]]
     ax.set(title=title, ylabel=ylabel)
     if log:
         ax.set_yscale("log")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return to_svg(fig)
+    return to_svg(fig, grid_axis="y")
 
 
 def bucket_error_figure(report: dict[str, Any]) -> str | None:
@@ -127,6 +126,4 @@ def pareto_figure(sweep: dict[str, Any]) -> str:
         ylabel=f"{metric} ({'higher' if higher else 'lower'} is better)",
         title="Quality vs size",
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return to_svg(fig)
