@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..checkpoint import load as load_compressed
 from ..checkpoint import read_compression_config
 from ..errors import CheckpointError, EmbcompressError
 from ..report import EvalOptions, ReportOptions, build_report, report_json, to_html, to_markdown
-from ..report.builder import SUMMARY_NAME, check_vocabularies
+from ..report.builder import check_vocabularies, read_summary
 from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
 from ..sources import LoadOptions, load_model, load_source, load_tokenizer, resolve_source
@@ -58,23 +57,20 @@ def _is_compressed(folder: Path) -> bool:
 
 def load_student(name: str, dtype: str, device: str) -> tuple[Any, Any, Path | None]:
     """An embcompress checkpoint (verified load) or any model folder / alias; with its tokenizer and folder."""
-    folder = Path(name).expanduser()
+    folder, torch_dtype = Path(name).expanduser(), LoadOptions(dtype=dtype).torch_dtype()
     if folder.is_dir() and _is_compressed(folder):
-        model = load_compressed(folder, dtype=LoadOptions(dtype=dtype).torch_dtype(), device=device)
-        source = resolve_source(str(folder))
-        return model, load_tokenizer(source), folder
+        model = load_compressed(folder, dtype=torch_dtype, device=device)
+        return model, load_tokenizer(resolve_source(str(folder))), folder
     source = resolve_source(name)
-    model = load_model(source, LoadOptions(dtype=dtype).torch_dtype(), device)
+    model = load_model(source, torch_dtype, device)
     return model, load_tokenizer(source), source.path if source.kind == "local" else None
 
 
 def default_teacher(student_dir: Path | None) -> str:
     """The ``source`` recorded in the student's ``embcompress.json``."""
-    summary = student_dir / SUMMARY_NAME if student_dir else None
-    if summary is not None and summary.is_file():
-        source = json.loads(summary.read_text()).get("source")
-        if source:
-            return str(source)
+    source = (read_summary(student_dir) or {}).get("source")
+    if source:
+        return str(source)
     raise EmbcompressError("no --teacher given and the student has no embcompress.json naming its source")
 
 

@@ -71,10 +71,9 @@ class ReportOptions(Options):
             self.eval = EvalOptions.from_dict(self.eval)
         self.references = tuple(self.references)
         self.require_positive("speed_repeats")
-        self.require_positive("speed_threads", optional=True)
+        self.require_positive("speed_threads", "freq_max_tokens", optional=True)
         bad = [name for name in self.references if name not in REFERENCE_SCHEMES]
         require(not bad, "references", f"names unknown scheme(s) {bad}; valid: {', '.join(REFERENCE_SCHEMES)}")
-        self.require_positive("freq_max_tokens", optional=True)
         self.require_fraction("heldout_fraction", optional=True)
 
 
@@ -153,9 +152,8 @@ def _student_tied(student: nn.Module) -> bool:
     inp, out = student.get_input_embeddings(), student.get_output_embeddings()
     if out is None:
         return False
-    if getattr(out, "source", None) is inp:
-        return True
-    return getattr(out, "weight", None) is not None and out.weight is getattr(inp, "weight", None)
+    weight = getattr(out, "weight", None)
+    return getattr(out, "source", None) is inp or (weight is not None and weight is getattr(inp, "weight", None))
 
 
 def matrix_pairs(teacher: nn.Module, student: nn.Module) -> list[MatrixPair]:
@@ -337,13 +335,14 @@ def spectrum_section(pairs: list[MatrixPair], max_points: int = 4096) -> dict[st
     return out
 
 
-def _summary_file(student_dir: Path | None) -> dict[str, Any] | None:
-    if student_dir is None or not (student_dir / SUMMARY_NAME).is_file():
+def read_summary(folder: Path | None) -> dict[str, Any] | None:
+    """The ``embcompress.json`` of a checkpoint folder; ``None`` when there is none or it is not valid JSON."""
+    if folder is None or not (folder / SUMMARY_NAME).is_file():
         return None
     try:
-        return json.loads((student_dir / SUMMARY_NAME).read_text())
+        return json.loads((folder / SUMMARY_NAME).read_text())
     except json.JSONDecodeError:
-        logger.warning("%s in %s is not valid JSON; provenance left out", SUMMARY_NAME, student_dir)
+        logger.warning("%s in %s is not valid JSON; ignored", SUMMARY_NAME, folder)
         return None
 
 
@@ -362,7 +361,7 @@ def provenance_section(student: nn.Module, student_dir: Path | None, options: Re
     config = getattr(qc, "compression", None)
     if config is None and isinstance(qc, dict) and qc.get("quant_method") == "embcompress":
         config = CompressionConfig.from_dict(qc)
-    summary = _summary_file(student_dir)
+    summary = read_summary(student_dir)
     out: dict[str, Any] = {"compressed": config is not None, "versions": versions(), "report_seed": options.eval.seed}
     if config is not None:
         keys = ("path", "role", "method", "rank", "factor_dtype", "tied_to", "options")
