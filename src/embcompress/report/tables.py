@@ -74,12 +74,10 @@ def size_table(report: dict[str, Any]) -> TableData:
     table.rows.append(
         _before_after("whole model", "", (t["params"], s["params"]), (t["bytes"], s["bytes"]), model["ratio"])
     )
-    disk_t, disk_s = size["disk"]["teacher"], size["disk"]["student"]
+    disk_t, disk_s = size["disk"]["teacher"] or {}, size["disk"]["student"] or {}
     if disk_t or disk_s:
-        before = mb(disk_t["total_bytes"]) if disk_t else "-"
-        after = mb(disk_s["total_bytes"]) if disk_s else "-"
-        note = disk_t.get("note", "") if disk_t else ""
-        table.rows.append(["files on disk", note, "", f"{before} -> {after}", ""])
+        on_disk = f"{mb(disk_t.get('total_bytes'))} -> {mb(disk_s.get('total_bytes'))}"
+        table.rows.append(["files on disk", disk_t.get("note", ""), "", on_disk, ""])
     serving = size["serving"]
     extra = serving["student_runtime_extra_bytes"]
     table.rows.append(
@@ -209,8 +207,7 @@ def speed_table(report: dict[str, Any]) -> TableData | None:
 def provenance_table(report: dict[str, Any]) -> TableData:
     prov = report["provenance"]
     table = TableData("Provenance", ["field", "value"])
-    table.rows.append(["student", f"{report['student']['name']} ({report['student']['architecture']})"])
-    table.rows.append(["teacher", f"{report['teacher']['name']} ({report['teacher']['architecture']})"])
+    table.rows += [[who, f"{report[who]['name']} ({report[who]['architecture']})"] for who in ("student", "teacher")]
     table.rows.append(["compressed by embcompress", fmt(prov["compressed"])])
     if prov.get("method"):
         table.rows.append(["method", prov["method"]])
