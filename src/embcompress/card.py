@@ -123,12 +123,8 @@ def render_card(
     sections = ["---\n" + "\n".join(meta) + "\n---", _header(source, architecture, summary)]
     if summary.get("distill"):
         sections.append(distill_section(summary["distill"]))
-    if quality is not None:
-        sections.append(f"## Quality (measured by `embcompress compress`)\n\n{quality}\n")
-    else:
-        sections.append(_NO_QUALITY)
-    sections.append(_LOADING)
-    return "\n".join(sections)
+    quality_text = _NO_QUALITY if quality is None else f"## Quality (measured by `embcompress compress`)\n\n{quality}\n"
+    return "\n".join([*sections, quality_text, _LOADING])
 
 
 _NO_QUALITY = """Quality numbers above are matrix reconstruction errors only. Run `embcompress report` on your own
