@@ -70,10 +70,7 @@ def sweep(
     reporter = RichReporter(enabled=not json_out)
     source, teacher, tokenizer = load_source(model, LoadOptions(gguf_file=gguf_file), reporter)
     evaluation = prepare_evaluation(teacher, tokenizer, data, options, freq_data, reporter)
-    save = None
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        save = save_dir_writer(save_dir, source, tokenizer)
+    save = save_dir_writer(save_dir, source, tokenizer) if save_dir is not None else None
     result = run_sweep(teacher, grid, evaluation, options, reporter, teacher_name=model, save=save)
     if html_out is not None:
         write_html(html_out, sweep_html(result))

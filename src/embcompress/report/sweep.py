@@ -214,7 +214,8 @@ def _reference_points(
 
 
 def save_dir_writer(folder: Path, source: Any, tokenizer: Any) -> Any:
-    """A ``save`` callback writing each point as a checkpoint under ``folder``."""
+    """A ``save`` callback writing each point as a checkpoint under ``folder`` (created now)."""
+    folder.mkdir(parents=True, exist_ok=True)
 
     def save(model: nn.Module, name: str, summary: dict[str, Any]) -> Path:
         out = folder / name
