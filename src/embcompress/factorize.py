@@ -146,13 +146,12 @@ def rank_limit(rows: int, cols: int, method: FactorizationMethod) -> int:
     return min(break_even_rank(rows, cols, method.params_per_rank(rows, cols)), rows, cols)
 
 
-def _check_rank(rank: int, role: str, rows: int, cols: int, limit: int) -> int:
+def _check_rank(rank: int, role: str, rows: int, cols: int, limit: int) -> None:
     if rank <= 0 or rank > limit:
         raise BudgetError(
             f"rank {rank} for the {role} embedding ({rows}x{cols}) must be between 1 and {limit}: "
             f"above {limit} the factors do not reduce the parameter count (break-even rank {limit})"
         )
-    return rank
 
 
 def check_weights_use(method: FactorizationMethod, weighted: bool) -> None:
@@ -170,7 +169,7 @@ def _check_weights(method: FactorizationMethod, row_weights: torch.Tensor | None
 
 
 def _validate_targets(targets: tuple[str, ...], found: EmbeddingTargets) -> tuple[str, ...]:
-    if "output" in targets and found.output_module is None and targets == ("output",):
+    if targets == ("output",) and found.output_module is None:
         raise EmbcompressError("target 'output' requested but the model has no output embedding (LM head)")
     return tuple(t for t in targets if t == "input" or found.output_module is not None)
 
@@ -196,17 +195,16 @@ def plan(
         spec = _spec(found, role, options, 1, method)
         if method.byte_budget:
             spec.options["target_bytes"] = method.target_bytes(spec, options.ratio, options.method_config)
-            method.check_spec(spec)
-            specs.append(spec)
-            continue
-        budget = options.budget_for(role)
-        if budget is None:
-            raise BudgetError(
-                f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
-            )
-        weight = (found.input_module if role == "input" else found.output_module).weight.detach()
-        limit = rank_limit(rows, cols, method)
-        spec.rank = _check_rank(resolve_rank(budget, spec, weight, method, limit, row_weights), role, rows, cols, limit)
+        else:
+            budget = options.budget_for(role)
+            if budget is None:
+                raise BudgetError(
+                    f"no rank given for the {role} embedding; pass --rank, --energy or --ratio (or --rank-{role})"
+                )
+            weight = (found.input_module if role == "input" else found.output_module).weight.detach()
+            limit = rank_limit(rows, cols, method)
+            spec.rank = resolve_rank(budget, spec, weight, method, limit, row_weights)
+            _check_rank(spec.rank, role, rows, cols, limit)
         method.check_spec(spec)
         specs.append(spec)
     config = CompressionConfig(modules=specs, method=options.method, seed=options.seed)
@@ -243,9 +241,7 @@ def _spec(
 
 def _embed_scale(module: nn.Module) -> float | None:
     scale = getattr(module, "embed_scale", None)
-    if scale is None:
-        return None
-    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+    return None if scale is None else float(scale)
 
 
 def relative_error(
@@ -350,14 +346,6 @@ def convert_factor_dtype(model: nn.Module, factor_dtype: str) -> CompressionConf
     return config
 
 
-def check_inputs(options: FactorizeOptions, weighted: bool, frequency: FrequencyOptions | None = None) -> None:
-    """Checks that need no model beyond the options' own: the method's use of token frequencies
-    (``weighted``: row weights or ``frequency`` will be given) and that ``frequency`` holds text."""
-    check_weights_use(get_method(options.method), weighted)
-    if frequency is not None:
-        frequency.check()
-
-
 def _progress_total(model: nn.Module, options: FactorizeOptions) -> int | None:
     steps = get_method(options.method).progress_total(options.method_config)
     if steps is None:
@@ -386,7 +374,9 @@ def factorize_checkpoint(
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions()
     out_path = Path(out)
-    check_inputs(options, row_weights is not None or frequency is not None, frequency if row_weights is None else None)
+    check_weights_use(get_method(options.method), row_weights is not None or frequency is not None)
+    if row_weights is None and frequency is not None:
+        frequency.check()
     check_output_dir(out_path, overwrite)
     source, model, tokenizer = load_source(model_name, load, reporter)
     freqs: TokenFrequencies | None = None
@@ -406,8 +396,4 @@ def factorize_checkpoint(
 
 def _advance(reporter: Reporter) -> ProgressFn:
     """Adapter from a method's ``ctx.progress(step, total, metrics)`` to ``reporter.advance``."""
-
-    def progress(step: int, total: int, metrics: dict[str, float]) -> None:
-        reporter.advance(1, **metrics)
-
-    return progress
+    return lambda step, total, metrics: reporter.advance(1, **metrics)
