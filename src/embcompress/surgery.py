@@ -87,34 +87,21 @@ def swap_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def _factor_param_names(module: nn.Module) -> list[str]:
-    return [name for name, _ in module.named_parameters(recurse=True)]
-
-
-def _module_of(key: str) -> str:
-    return key.rpartition(".")[0]
-
-
 def retie(model: nn.Module, config: CompressionConfig, modules: dict[str, nn.Module]) -> None:
     """Rewrite the model's tied-weights map so transformers ties the factors, not ``.weight``.
 
     Entries touching a replaced module's dense ``weight`` are dropped; alias paths and tied heads
     map each factor parameter onto the owning embedding's parameter.
     """
-    replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
-    old = dict(getattr(model, "all_tied_weights_keys", {}) or {})
-    mapping = {
-        t: s
-        for t, s in old.items()
-        if not (t.endswith(".weight") and _module_of(t) in replaced)
-        and not (s.endswith(".weight") and _module_of(s) in replaced)
-    }
+    dense_weights = {f"{p}.weight" for spec in config.modules for p in (spec.path, *spec.aliases)}
+    old = getattr(model, "all_tied_weights_keys", {}) or {}
+    mapping = {t: s for t, s in old.items() if t not in dense_weights and s not in dense_weights}
     for spec in config.modules:
         if spec.role == "input":
-            names = _factor_param_names(modules[spec.path])
+            names = [n for n, _ in modules[spec.path].named_parameters()]
             mapping.update({f"{a}.{n}": f"{spec.path}.{n}" for a in spec.aliases for n in names})
         elif spec.tied_to is not None:
-            names = _factor_param_names(modules[spec.tied_to])
+            names = [n for n, _ in modules[spec.tied_to].named_parameters()]
             mapping.update({f"{spec.path}.source.{n}": f"{spec.tied_to}.{n}" for n in names})
     model.all_tied_weights_keys = mapping
     model._tied_weights_keys = dict(mapping)
