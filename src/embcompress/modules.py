@@ -100,21 +100,17 @@ class FactorizedEmbedding(CompressedEmbedding):
         self.padding_idx = spec.padding_idx
         self.embed_scale = spec.embed_scale
         store = dtype_from_name(spec.factor_dtype)
+        is_int = store == torch.int8
         for name, shape in self.factor_shapes(spec).items():
-            self._register_factor(name, shape, store)
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=store), requires_grad=not is_int))
+            if is_int:
+                self.register_parameter(f"{name}_scale", nn.Parameter(torch.ones(shape[0], 1)))
         self.offset = nn.Parameter(torch.zeros(spec.embedding_dim)) if spec.offset else None
 
     @staticmethod
     def factor_shapes(spec: ModuleSpec) -> dict[str, tuple[int, int]]:
         """Name and shape of each factor tensor the module of ``spec`` stores."""
         return {"codes": (spec.num_embeddings, spec.rank), "basis": (spec.rank, spec.embedding_dim)}
-
-    def _register_factor(self, name: str, shape: tuple[int, int], store: torch.dtype) -> None:
-        is_int = store == torch.int8
-        tensor = torch.empty(shape, dtype=store)
-        self.register_parameter(name, nn.Parameter(tensor, requires_grad=not is_int))
-        if is_int:
-            self.register_parameter(f"{name}_scale", nn.Parameter(torch.ones(shape[0], 1)))
 
     @classmethod
     def from_factors(
