@@ -45,13 +45,9 @@ def _svd_gram(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
 def _svd_randomized(
     matrix: torch.Tensor, rank: int, seed: int, oversample: int = 10, niter: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        q = min(rank + oversample, min(matrix.shape))
-        u, s, v = torch.svd_lowrank(matrix, q=q, niter=niter)
-    finally:
-        torch.random.set_rng_state(gen_state)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's CPU generator
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(matrix, q=min(rank + oversample, min(matrix.shape)), niter=niter)
     return u[:, :rank], s[:rank], v[:, :rank].T
 
 
