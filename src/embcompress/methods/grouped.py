@@ -67,11 +67,13 @@ def split_buckets(buckets: Any) -> tuple[list[int], bool]:
 
 
 def parse_buckets(buckets: Any, rows: int) -> list[int]:
-    """Bucket sizes from a list (or comma string) of positive ints, the last possibly ``"rest"``.
+    """Bucket sizes from a list (or comma string) of positive ints, the last possibly ``"rest"``; none
+    given: the most frequent eighth of the vocabulary, then the rest.
 
     Raises:
         EmbcompressError: when the buckets do not cover exactly ``rows`` tokens.
     """
+    buckets = buckets or [max(1, rows // 8), REST]
     sizes, has_rest = split_buckets(buckets)
     total = sum(sizes)
     if (has_rest and total >= rows) or (not has_rest and total != rows):
@@ -135,11 +137,6 @@ class GroupedOptions(MethodOptions):
                 raise EmbcompressError(f"grouped: bucket rank {bad[0]} must be at least 1")
             if self.buckets is not None and len(ranks) != len(_items(self.buckets)):
                 raise EmbcompressError(f"grouped: {len(ranks)} bucket_ranks for {len(_items(self.buckets))} buckets")
-
-
-def default_buckets(rows: int) -> list[Any]:
-    """Default split: the most frequent eighth of the vocabulary, then the rest."""
-    return [max(1, rows // 8), REST]
 
 
 def bucket_params(size: int, rank: int | str, cols: int) -> int:
@@ -259,7 +256,7 @@ class GroupedMethod(FactorizationMethod):
     def check_spec(self, spec: ModuleSpec) -> None:
         opts = cast(GroupedOptions, self.parse_options(spec.options))
         rows, cols = spec.num_embeddings, spec.embedding_dim
-        sizes = parse_buckets(opts.buckets or default_buckets(rows), rows)
+        sizes = parse_buckets(opts.buckets, rows)
         need, budget = sum(size + cols for size in sizes), spec.rank * (rows + cols)
         if budget < need:
             nearest = -(-need // (rows + cols))
@@ -285,7 +282,7 @@ class GroupedMethod(FactorizationMethod):
         weights = require_weights(ctx, self.name, rows)
         m = matrix.detach().float()
         perm = torch.sort(weights.cpu(), descending=True, stable=True).indices.to(m.device)
-        sizes = parse_buckets(opts.buckets or default_buckets(rows), rows)
+        sizes = parse_buckets(opts.buckets, rows)
         bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
         groups = [perm[bounds[b] : bounds[b + 1]] for b in range(len(sizes))]
         if opts.bucket_ranks is not None:
