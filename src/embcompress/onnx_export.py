@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import SUMMARY_NAME, atomic_output_dir, check_output_dir, copy_aux_files, write_json
 from .checkpoint import load as load_compressed
 from .errors import EmbcompressError
-from .modules import CompressedEmbedding, FactorizedLinear
+from .modules import CompressedEmbedding
 from .quant import fast_kernels
 
 ONNX_DIR = "onnx"
@@ -126,10 +126,9 @@ def dense_shapes(model: nn.Module) -> set[tuple[int, int]]:
     """``(V, H)`` and ``(H, V)`` of every compressed module: a float initializer of that shape in the
     file means the factors were multiplied out."""
     shapes: set[tuple[int, int]] = set()
-    for module in model.modules():
-        source = module.source if isinstance(module, FactorizedLinear) else module
-        if isinstance(source, CompressedEmbedding):
-            v, h = source.num_embeddings, source.embedding_dim
+    for module in model.modules():  # an LM head's source is a submodule too
+        if isinstance(module, CompressedEmbedding):
+            v, h = module.num_embeddings, module.embedding_dim
             shapes |= {(v, h), (h, v)}
     return shapes
 
@@ -154,8 +153,7 @@ def export_model_onnx(
     """
     onnx = require_package("onnx")
     signature = onnx_signature(model)
-    model = model.eval()
-    traced = _Traced(model, signature).eval()
+    traced = _Traced(model, signature).eval()  # puts ``model`` in eval mode too
     inputs = example_inputs(model, signature)
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in [*signature.inputs, signature.output]}
     out = Path(path)
