@@ -36,7 +36,7 @@ INDEX_NAME = "model.safetensors.index.json"
 #: Largest safetensors file written before the weights are split into shards (transformers' default).
 MAX_SHARD_BYTES = 5 * 10**9
 SUMMARY_NAME = "embcompress.json"
-_SKIP_COPY = {"config.json", "README.md", ".gitattributes", SUMMARY_NAME, "model.safetensors.index.json"}
+_SKIP_COPY = {"config.json", "README.md", ".gitattributes", SUMMARY_NAME, INDEX_NAME}
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -160,16 +160,14 @@ def write_weights(tensors: dict[str, torch.Tensor], folder: Path, max_shard_byte
     """``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards with the standard
     ``model.safetensors.index.json`` when the weights exceed ``max_shard_bytes``."""
     shards = shard_tensors(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        names = [WEIGHTS_NAME]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    count = len(shards)
+    names = [WEIGHTS_NAME] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
     weight_map = {}
     for name, shard in zip(names, shards, strict=True):
         save_file(shard, str(folder / name), metadata={"format": "pt"})
         (folder / name).chmod(0o644)
         weight_map.update(dict.fromkeys(shard, name))
-    if len(shards) > 1:
+    if count > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

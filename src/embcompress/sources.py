@@ -259,7 +259,6 @@ def load_source(
 ) -> tuple[ModelSource, nn.Module, Any | None]:
     """Resolve and load ``name`` with its tokenizer."""
     reporter = reporter or LoggingReporter()
-    load.torch_dtype()
     check_device(load.device)
     source = resolve_source(name, load.gguf_file)
     with reporter.stage(f"loading {source.name}"):
