@@ -44,8 +44,6 @@ def _table(info: dict) -> Table:
     table.add_row("break-even rank", str(info["break_even_rank"]))
     spec = inp.get("spectrum")
     if spec:
-        energy = ", ".join(f"r{r}: {e:.0%}" for r, e in spec["energy_at_rank"].items())
-        table.add_row("energy kept", energy)
-        need = ", ".join(f"{float(e):.0%}: r{r}" for e, r in spec["rank_for_energy"].items())
-        table.add_row("rank for energy", need)
+        table.add_row("energy kept", ", ".join(f"r{r}: {e:.0%}" for r, e in spec["energy_at_rank"].items()))
+        table.add_row("rank for energy", ", ".join(f"{float(e):.0%}: r{r}" for e, r in spec["rank_for_energy"].items()))
     return table
