@@ -351,7 +351,7 @@ def _pack_all(
         idx, recon = _quantize(z[sl], row_scale[sl], comp_scale, books, groups)
         for packed, q, (_, b) in zip(codes, idx, groups, strict=True):
             packed[sl] = pack_bits(q, b)
-        energy += z[sl].double().pow(2).sum(0)
+        energy += z[sl].to(torch.float64, copy=True).square_().sum(0)
         cross += (z[sl] * recon * row_scale[sl, None] * comp_scale).double().sum(0)
     return codes, (energy / cross.clamp_min(1e-30)).float()
 
@@ -391,9 +391,9 @@ def _scales(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows = z.shape[0]
     slices = _row_slices(rows)
     mean = sum(z[sl].double().sum(0) for sl in slices) / rows
-    var = sum((z[sl].double() - mean).pow(2).sum(0) for sl in slices) / max(1, rows - 1)
+    var = sum(z[sl].to(torch.float64, copy=True).sub_(mean).square_().sum(0) for sl in slices) / max(1, rows - 1)
     comp_scale = var.sqrt().float().clamp_min(1e-8).half().float()
-    row_scale = torch.cat([(z[sl] / comp_scale).pow(2).mean(-1).sqrt() for sl in slices])
+    row_scale = torch.cat([(z[sl] / comp_scale).square_().mean(-1).sqrt() for sl in slices])
     return comp_scale, row_scale.clamp_min(1e-8).half().float()
 
 

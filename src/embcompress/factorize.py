@@ -25,7 +25,7 @@ from .methods.base import MethodOptions, ProgressFn
 from .modules import CompressedEmbedding, FactorizedLinear
 from .options import Options
 from .progress import LoggingReporter, Reporter
-from .quant import dtype_from_name
+from .quant import dtype_from_name, fast_kernels
 from .sizes import module_bytes
 from .sources import LoadOptions, load_source
 from .spectral import break_even_rank
@@ -247,9 +247,11 @@ def _embed_scale(module: nn.Module) -> float | None:
 def relative_error(
     original: torch.Tensor, module: CompressedEmbedding, row_weights: torch.Tensor | None = None, chunk: int = 8192
 ) -> float:
-    """``||W^1/2 (E - E_hat)||_F / ||W^1/2 E||_F`` in row chunks (no full dense copy); ``W`` defaults to 1."""
+    """``||W^1/2 (E - E_hat)||_F / ||W^1/2 E||_F`` in row chunks (no full dense copy); ``W`` defaults to 1.
+    Rows come from the reference decoder: the int8 serving table would be built and kept (a quarter of a
+    dense matrix for a transform code) while the next matrix is fitted."""
     err = ref = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), fast_kernels(False):
         for start in range(0, original.shape[0], chunk):
             rows = original[start : start + chunk].float()
             diff2 = (rows - module.dense_rows(start, start + rows.shape[0]).float()).pow(2).sum(1)
