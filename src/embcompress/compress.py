@@ -348,7 +348,7 @@ def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
         {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )
     check_seq_len(model, config)
-    return config
+    return config.for_data(options.data)
 
 
 def original_matrices(model: nn.Module) -> dict[str, torch.Tensor]:

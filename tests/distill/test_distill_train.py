@@ -158,6 +158,8 @@ def test_ctrl_c_checkpoints_and_resume_equals_a_straight_run(tmp_path: Path, cor
     assert resumed.history == straight.history
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    recorded = json.loads((tmp_path / "a" / "embcompress.json").read_text())["distill"]["config"]
+    assert recorded["data_free"] is data_free and cfg.data_free is False  # the caller's config is not changed
 
 
 def _distiller(tmp_path: Path, corpus: Path, cfg: DistillConfig) -> Distiller:

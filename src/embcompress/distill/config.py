@@ -122,6 +122,10 @@ class DistillConfig(Options):
             return dataclasses.replace(self, max_minutes=30.0)
         return self
 
+    def for_data(self, data: object) -> DistillConfig:
+        """The settings a run on ``data`` uses (a copy): the default budget, ``data_free`` when ``data`` is None."""
+        return dataclasses.replace(self.with_default_budget(), data_free=data is None)
+
     def validate(self) -> None:
         """One-line errors for impossible values (run at construction, before anything is loaded)."""
         self.hidden_layers = tuple(self.hidden_layers)

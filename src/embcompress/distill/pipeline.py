@@ -150,8 +150,7 @@ def distill_model(
     not given). Under ``accelerate launch`` every process calls this with its own copy of both models;
     ``accelerator`` defaults to :func:`make_accelerator` (CUDA when available).
     """
-    config = config.with_default_budget()
-    config.data_free = data is None
+    config = config.for_data(data)
     check_data(data, config, caching=cache_dir is not None)
     kind = check_pair(student, teacher, tokenizer, tokenizer)
     check_seq_len(student, config)
@@ -212,6 +211,7 @@ def distill_checkpoint(
     """
     reporter = reporter or LoggingReporter()
     load = load or LoadOptions(device="cuda" if torch.cuda.is_available() else "cpu")
+    config = config.for_data(data)
     out_path = Path(out)
     check_output_dir(out_path, overwrite)
     check_data(data, config, caching=cache_dir is not None)
