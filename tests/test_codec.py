@@ -106,3 +106,14 @@ def test_tensors_round_trip() -> None:
     assert tensors.keys() == codec.to_tensors(back).keys()
     assert all(torch.equal(tensors[k], v) for k, v in codec.to_tensors(back).items())
     assert torch.equal(codec.decode(back), codec.decode(code))
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_basis_rows_are_unit_and_scales_carry_the_magnitudes(rotate: bool) -> None:
+    # Distillation trains the float parts with absolute (Adam) steps: rows as small as a component's spread
+    # diverged at the default learning rate, so the basis stays O(1) whatever the matrix's scale.
+    e = _matrix(rows=2000) * 0.01
+    code = codec.encode(e, bits_per_weight=3.0, metric=torch.diag(torch.logspace(1, -1, 64)), rotate=rotate)
+    norms = code.basis.float().norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=2e-3)
+    assert _mse(codec.decode(code), e) < 0.1 * float(e.var(0).sum() / 64)

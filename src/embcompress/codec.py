@@ -465,7 +465,10 @@ def encode(
     if not groups:
         raise ValueError(f"a budget of {budget} bytes leaves no bits for the codes of a {rows}x{cols} matrix")
     k = sum(n for n, _ in groups)
-    basis16 = (_rotate_groups(basis, variances, groups, seed) if rotate else basis).half()
+    basis = _rotate_groups(basis, variances, groups, seed) if rotate else basis
+    # Unit rows: the component scales carry the magnitudes, so every float part trains at a comparable
+    # relative step (Adam's steps are absolute: rows as small as a component's spread diverged at lr 3e-3).
+    basis16 = (basis / basis.norm(dim=1, keepdim=True).clamp_min(1e-30)).half()
     z = _coefficients(x, mean, basis16, k)
     comp_scale, row_scale = _scales(z)
     for _ in range(max(1, iters)):
