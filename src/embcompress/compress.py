@@ -347,7 +347,8 @@ def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
     minutes = options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES[kind]
     seq_len = min(DistillConfig.seq_len, max_positions(model) or DistillConfig.seq_len)
     base = {"max_minutes": minutes, "heldout_fraction": options.heldout_fraction, "seed": options.seed}
-    base |= {} if options.domain else {"lr": TRANSFORM_LR}
+    if not options.domain:
+        base["lr"] = TRANSFORM_LR
     config = DistillConfig.from_dict(
         {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )
