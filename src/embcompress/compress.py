@@ -68,9 +68,6 @@ OOD_DOCS, OOD_TOKENS = 40, 128
 OOD_REPORT_NAME = "embcompress_report_ood.json"
 #: Default distillation minutes per model kind (the whole command must fit 30 / 60 minutes on 2 cores).
 DEFAULT_MINUTES = {ModelKind.ENCODER: 15.0, ModelKind.MASKED_LM: 20.0, ModelKind.CAUSAL_LM: 40.0}
-#: Learning rate of the transform code's float parts (SmolLM2 16x, 12 steps: held-out KL 0.80 -> 0.50 at
-#: 3e-4, 0.57 at 1e-3, 1.57 at the generic 3e-3, which first jumps to 3.5).
-TRANSFORM_LR = 3e-4
 
 
 @dataclass
@@ -347,8 +344,6 @@ def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
     minutes = options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES[kind]
     seq_len = min(DistillConfig.seq_len, max_positions(model) or DistillConfig.seq_len)
     base = {"max_minutes": minutes, "heldout_fraction": options.heldout_fraction, "seed": options.seed}
-    if not options.domain:
-        base["lr"] = TRANSFORM_LR
     config = DistillConfig.from_dict(
         {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ class CompressedEmbedding(nn.Module, abc.ABC):
 
     spec: ModuleSpec
     compute_dtype: torch.dtype
+    #: Multiplier of the distillation learning rate for this module's factors (``--lr`` is the peak rate of
+    #: plain factors; a module whose float parts are scales of coded values needs smaller steps).
+    lr_scale: ClassVar[float] = 1.0
 
     @classmethod
     def from_spec(

@@ -162,8 +162,8 @@ def test_ctrl_c_checkpoints_and_resume_equals_a_straight_run(tmp_path: Path, cor
     assert recorded["data_free"] is data_free and cfg.data_free is False  # the caller's config is not changed
 
 
-def _distiller(tmp_path: Path, corpus: Path, cfg: DistillConfig) -> Distiller:
-    teacher_dir, student_dir = build_pair(tmp_path, "llama-tied")
+def _distiller(tmp_path: Path, corpus: Path, cfg: DistillConfig, **options: object) -> Distiller:
+    teacher_dir, student_dir = build_pair(tmp_path, "llama-tied", **options)
     tok = make_tokenizer("causal")
     batches = CorpusBatches(corpus, tok, cfg, per_document=False)
     held, split = batches.heldout(cfg.eval_windows)
@@ -193,6 +193,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpu
     assert all(torch.isfinite(t).all() for t in saved.values())
     assert json.loads((tmp_path / "state" / LAST / STATE_JSON).read_text())["step"] == 4
     assert all(torch.isfinite(p).all() for p in distiller.params.values())
+
+
+def test_transform_codes_train_at_their_modules_fraction_of_the_learning_rate(tmp_path: Path, corpus: Path) -> None:
+    cfg = DistillConfig(steps=2, eval_every=100, warmup=0.0, train="all", **FAST)
+    distiller = _distiller(tmp_path, corpus, cfg, method="transform", rank=None, ratio=4.0, factor_dtype="float32")
+    embedding = distiller.student.get_input_embeddings()
+    assert type(embedding).__name__ == "TransformCodedEmbedding" and embedding.lr_scale == 0.1
+    distiller.train()
+    groups = {group["lr_scale"]: group for group in distiller.optimizer.param_groups}
+    assert set(groups) == {0.1, 1.0}
+    assert {id(p) for p in groups[0.1]["params"]} == {id(p) for p in embedding.parameters() if p.requires_grad}
+    assert groups[0.1]["lr"] == pytest.approx(0.1 * groups[1.0]["lr"]) and groups[1.0]["lr"] > 0
+
+
+def float_factor_dtypes(tensors: dict[str, torch.Tensor]) -> set[torch.dtype]:
+    return {t.dtype for k, t in tensors.items() if "embed_tokens" in k and t.dtype != torch.uint8}
+
+
+def test_a_float16_transform_student_trains_in_float32_and_is_stored_back_in_float16(
+    tmp_path: Path, corpus: Path
+) -> None:
+    teacher, student = build_pair(tmp_path, "llama-tied", method="transform", rank=None, ratio=4.0)
+    assert float_factor_dtypes(weights(student)) == {torch.float16}
+    cfg = DistillConfig(steps=10, eval_every=5, **{**FAST, "lr": 3e-3})  # float16 Adam states: NaN at step 2
+    result = distill_checkpoint(student, str(teacher), tmp_path / "out", cfg, data=corpus)
+    assert result.stop_reason == "budget" and result.after["kl"] < 0.8 * result.before["kl"]
+    after = weights(tmp_path / "out")
+    assert float_factor_dtypes(after) == {torch.float16}
+    changed = [k for k, t in weights(student).items() if not torch.equal(t, after[k])]
+    assert any(k.endswith("comp_scale") for k in changed) and not any("codes_" in k for k in changed)
+    specs = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["modules"]
+    assert {spec["factor_dtype"] for spec in specs} == {"float16"}
 
 
 def test_huge_lr_divergence_is_caught(tmp_path: Path, corpus: Path) -> None:

@@ -42,7 +42,9 @@ def distill(
     batch_size: int = typer.Option(_default("batch_size"), help="Sequences per micro-batch and process."),
     grad_accum: int = typer.Option(_default("grad_accum"), help="Micro-batches per optimiser step."),
     seq_len: int = typer.Option(_default("seq_len"), help="Tokens per sequence."),
-    lr: float = typer.Option(_default("lr"), help="Peak AdamW learning rate (warmup, then cosine decay)."),
+    lr: float = typer.Option(
+        _default("lr"), help="Peak AdamW learning rate (warmup, then cosine decay); transform codes train at a tenth."
+    ),
     weight_decay: float = typer.Option(_default("weight_decay"), help="AdamW weight decay."),
     train: str = typer.Option(_default("train"), help="What trains: factors, factors+norms, all."),
     temperature: float = typer.Option(_default("temperature"), help="KL temperature."),

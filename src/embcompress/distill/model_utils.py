@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import EmbcompressError
+from ..factorize import convert_factor_dtype
+from ..hf_integration import EmbcompressQuantizationConfig
 from ..modules import CompressedEmbedding, FactorizedLinear
 
 
@@ -48,6 +52,39 @@ def select_trainable(model: nn.Module, mode: str) -> list[str]:
     for param in model.parameters():
         param.requires_grad_(id(param) in chosen)
     return [name for name, param in model.named_parameters() if id(param) in chosen]
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups, one per learning-rate scale (``lr_scale`` of the
+    compressed embedding that owns a parameter; 1 for any other module's)."""
+    scales: dict[int, float] = {}
+    for module in model.modules():
+        scale = module.lr_scale if isinstance(module, CompressedEmbedding) else 1.0
+        scales.update((id(p), scale) for p in module.parameters(recurse=False))
+    groups: dict[float, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault(scales[id(param)], []).append(param)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+
+@contextlib.contextmanager
+def float32_factors(model: nn.Module) -> Iterator[None]:
+    """Hold half-precision factors as float32 while training, and store them back in their dtype after.
+
+    AdamW's second moments and its ``eps`` (1e-8) underflow in float16: a ``factorize --method transform``
+    student (float16 factors) reached a NaN loss at the second step.
+    """
+    qconfig = getattr(model.config, "quantization_config", None)
+    modules = qconfig.compression.modules if isinstance(qconfig, EmbcompressQuantizationConfig) else []
+    half = sorted({spec.factor_dtype for spec in modules} & {"float16", "bfloat16"})
+    if half:
+        convert_factor_dtype(model, "float32")
+    try:
+        yield
+    finally:
+        if half:
+            convert_factor_dtype(model, half[0])
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -33,7 +33,7 @@ from ..sources import LoadOptions, ModelSource, load_source
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig
-from .model_utils import max_positions
+from .model_utils import float32_factors, max_positions
 from .trainer import LOG_NAME, Distiller, DistillResult, make_accelerator
 
 
@@ -156,6 +156,7 @@ def distill_model(
     check_seq_len(student, config)
     accelerator = accelerator or make_accelerator()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(float32_factors(student))
         if state_dir is not None:
             prepare_state_dir(Path(state_dir), resume, False, accelerator.is_main_process)
         states = Path(state_dir) if state_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))

@@ -30,7 +30,7 @@ from . import losses
 from .batches import Batch, derive_seed
 from .cache import TeacherCache
 from .config import DistillConfig
-from .model_utils import Outputs, factorized_sources, forward, freeze, select_trainable
+from .model_utils import Outputs, factorized_sources, forward, freeze, param_groups, select_trainable
 from .state import check_resumable, load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ class Distiller:
         self.trainable = select_trainable(student, config.train)
         self.teacher = freeze(teacher).to(accelerator.device)
         student.eval()  # no dropout: the student must match a deterministic teacher
-        optimizer = torch.optim.AdamW(
-            [p for p in student.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-        )
+        optimizer = torch.optim.AdamW(param_groups(student), lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = accelerator.prepare(student, optimizer)
         self.student = accelerator.unwrap_model(self.model)
         self.params = {n: p for n, p in self.student.named_parameters() if n in set(self.trainable)}
@@ -468,7 +466,7 @@ class Distiller:
         cfg = self.cfg
         lr = cfg.lr * lr_factor(self.progress(), cfg.warmup, cfg.min_lr_ratio, floor)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # absent in states saved before scales
         step_start = time.perf_counter()
         loss, terms, tokens = self._micro_steps(batches)
         diverged, tokens, interrupted = self._sync(not math.isfinite(loss), tokens, started)

@@ -77,8 +77,12 @@ class TransformCodedEmbedding(CompressedEmbedding):
     """``E[v] = row_scale[v] * (u[v] * comp_scale) @ basis + mean``, ``u[v]`` a codebook value per component.
 
     Integer codes are frozen ``uint8`` parameters; the float tensors (stored in ``spec.factor_dtype``,
-    float16 by default) can be distilled.
+    float16 by default) can be distilled, at a tenth of the plain factors' learning rate.
     """
+
+    #: SmolLM2 16x, 12 distillation steps: held-out KL 0.80 -> 0.50 at lr 3e-4, 0.57 at 1e-3, 1.57 at the
+    #: generic 3e-3 (which first jumps to 3.5): the scales multiply coded values, so a step moves many entries.
+    lr_scale: ClassVar[float] = 0.1
 
     def __init__(self, spec: ModuleSpec, compute_dtype: torch.dtype = torch.float32) -> None:
         nn.Module.__init__(self)
