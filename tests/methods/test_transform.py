@@ -62,6 +62,21 @@ def test_module_bytes_equal_the_codec_bytes_and_rows_equal_its_decode() -> None:
     torch.testing.assert_close(module.project(hidden), hidden @ decode(code).T, rtol=1e-4, atol=1e-4)
 
 
+def test_int8_serving_table_holds_every_coded_value_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("embcompress.methods.transform.TABLE_CHUNK", 7)  # several chunks and a ragged last one
+    emb = _transform("llama-tied").get_input_embeddings()
+    table, steps = emb.int8_table()
+    k = steps.shape[0]
+    assert table.dtype == torch.int8 and table.shape[1] % 32 == 0 and not table[:, k:].any()
+    with torch.no_grad():
+        levels = emb._levels(torch.arange(emb.num_embeddings))
+    assert torch.equal(table[:, :k].float() * steps, levels)
+    assert emb.int8_table()[0] is table  # cached until a code or codebook changes
+    with torch.no_grad():
+        emb.codebook_0.mul_(0.5)
+    assert emb.int8_table()[0] is not table
+
+
 def test_float32_storage_trains_and_half_storage_matches(tiny_ids: torch.Tensor) -> None:
     model = _transform("llama-tied", factor_dtype="float32")
     emb = model.get_input_embeddings()

@@ -28,13 +28,15 @@ from ..codec import TransformCode, encode, grid_levels, packed_nbytes, unpack_bi
 from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
 from ..modules import CompressedEmbedding
-from ..quant import dtype_from_name, int8_matmul_t, pad_int8, use_fast_kernel
+from ..quant import INT8_MM_ALIGN, dtype_from_name, int8_matmul_t, use_fast_kernel
 from .base import FactorizationMethod, FitContext, MethodOptions
 
 logger = logging.getLogger(__name__)
 
 #: Rows decoded at a time by the LM-head product (bounds its temporary memory).
 HEAD_CHUNK = 8192
+#: Rows unpacked at a time into the int8 serving table (its int64 temporaries are 8 bytes per value).
+TABLE_CHUNK = 1024
 FLOAT_NAMES = ("mean", "basis", "comp_scale", "row_scale")
 _FLOAT_ONLY = (
     "transform stores float scales and codebooks: factor dtype '{}' is not allowed; use float16, bfloat16 or float32"
@@ -146,13 +148,25 @@ class TransformCodedEmbedding(CompressedEmbedding):
         cached = getattr(self, "_table", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                books = self._books()
-                steps = torch.cat([step.expand(n) for (n, _), (_, step) in zip(self.groups, books, strict=True)])
-                chunks = torch.arange(self.num_embeddings, device=self.mean.device).split(HEAD_CHUNK)
-                codes = [torch.round(self._levels(ids, books) / steps).to(torch.int8) for ids in chunks]
-                table = pad_int8(torch.cat(codes))
-            self._table = (key, table, steps)
+                self._table = (key, *self._build_int8_table())
         return self._table[1], self._table[2]
+
+    def _build_int8_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill one zero-padded int8 table through each group's ``2**bits``-entry int8 lookup table, a few
+        rows at a time: building through float levels and concatenated chunks left MiniLM's serving
+        process 70 MiB larger (freed temporaries the allocator keeps)."""
+        books = self._books()
+        steps = torch.cat([step.expand(n) for (n, _), (_, step) in zip(self.groups, books, strict=True)])
+        width = steps.shape[0] + (-steps.shape[0]) % INT8_MM_ALIGN
+        table = torch.zeros(self.num_embeddings, width, dtype=torch.int8, device=self.mean.device)
+        start = 0
+        for g, ((n, bits), (book, step)) in enumerate(zip(self.groups, books, strict=True)):
+            lut, codes = torch.round(book / step).to(torch.int8), self.get_parameter(f"codes_{g}")
+            for rows in range(0, self.num_embeddings, TABLE_CHUNK):
+                block = slice(rows, rows + TABLE_CHUNK)
+                table[block, start : start + n] = lut[unpack_bits(codes[block], bits, n)]
+            start += n
+        return table, steps
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
