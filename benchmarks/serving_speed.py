@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import subprocess
 import sys
@@ -111,6 +110,13 @@ def minilm_rows(net: Any, tokenizer: Any) -> dict[str, float]:
     return {"sentences_per_s_batch32": len(docs) / best_of(encode, 2)}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``: the memory map's own high-water mark, which starts anew
+    at ``exec``; ``ru_maxrss`` also counts the parent's resident set at ``fork``)."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+
+
 def worker(model: str, variant: str, path: str) -> None:
     """One row: load, measure, print JSON (peak RSS in MiB included)."""
     torch.manual_seed(0)
@@ -119,7 +125,7 @@ def worker(model: str, variant: str, path: str) -> None:
     row: dict[str, Any] = {"model": model, "variant": variant, "load_s": time.perf_counter() - start}
     with torch.no_grad():
         row.update(smollm2_rows(net, tokenizer) if model == "smollm2" else minilm_rows(net, tokenizer))
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(row))
 
 
