@@ -24,11 +24,14 @@ from embcompress.distill import (
     distill_checkpoint,
 )
 from embcompress.distill.batches import CorpusBatches
+from embcompress.distill.model_utils import param_groups, select_trainable
 from embcompress.distill.state import LAST, STATE_JSON, TRAINABLE
 from embcompress.distill.trainer import LOG_NAME, make_accelerator
+from embcompress.factorize import FactorizeOptions, factorize_model
 from embcompress.kinds import ModelKind
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
 from helpers.distill import build_pair, make_tokenizer, single_thread, write_corpus
+from helpers.models import make_tiny
 
 FAST = {"batch_size": 4, "seq_len": 16, "eval_windows": 8, "lr": 1e-2}
 
@@ -209,6 +212,19 @@ def test_transform_codes_train_at_their_modules_fraction_of_the_learning_rate(tm
 
 def float_factor_dtypes(tensors: dict[str, torch.Tensor]) -> set[torch.dtype]:
     return {t.dtype for k, t in tensors.items() if "embed_tokens" in k and t.dtype != torch.uint8}
+
+
+def test_a_factorized_heads_bias_trains_at_its_sources_scale_and_norms_at_one() -> None:
+    model = make_tiny("bert-mlm")
+    factorize_model(model, FactorizeOptions(method="transform", ratio=3.0, factor_dtype="float32"))
+    head = model.get_output_embeddings()
+    assert isinstance(head, FactorizedLinear) and head.bias is not None
+    trainable = dict(model.named_parameters())
+    select_trainable(model, "factors+norms")
+    groups = {group["lr_scale"]: {id(p) for p in group["params"]} for group in param_groups(model)}
+    assert id(head.bias) in groups[0.1] and id(model.get_input_embeddings().comp_scale) in groups[0.1]
+    norms = {id(p) for name, p in trainable.items() if "LayerNorm" in name and p.requires_grad}
+    assert norms and norms <= groups[1.0]
 
 
 def test_a_float16_transform_student_trains_in_float32_and_is_stored_back_in_float16(

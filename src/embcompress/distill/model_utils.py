@@ -55,16 +55,17 @@ def select_trainable(model: nn.Module, mode: str) -> list[str]:
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """The trainable parameters as optimizer groups, one per learning-rate scale (``lr_scale`` of the
-    compressed embedding that owns a parameter; 1 for any other module's)."""
+    """The trainable parameters as optimizer groups, one per learning-rate scale: the ``lr_scale`` of the
+    compressed embedding that owns a parameter (a factorized head's bias takes its source's), else 1."""
     scales: dict[int, float] = {}
     for module in model.modules():
-        scale = module.lr_scale if isinstance(module, CompressedEmbedding) else 1.0
-        scales.update((id(p), scale) for p in module.parameters(recurse=False))
+        owner = module.source if isinstance(module, FactorizedLinear) else module
+        if isinstance(owner, CompressedEmbedding):
+            scales.update((id(p), owner.lr_scale) for p in module.parameters(recurse=False))
     groups: dict[float, list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
-            groups.setdefault(scales[id(param)], []).append(param)
+            groups.setdefault(scales.get(id(param), 1.0), []).append(param)
     return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
@@ -73,7 +74,8 @@ def float32_factors(model: nn.Module) -> Iterator[None]:
     """Hold half-precision factors as float32 while training, and store them back in their dtype after.
 
     AdamW's second moments and its ``eps`` (1e-8) underflow in float16: a ``factorize --method transform``
-    student (float16 factors) reached a NaN loss at the second step.
+    student (float16 factors) reached a NaN loss at the second step. The embedding modules are replaced
+    twice (see :func:`~embcompress.factorize.convert_factor_dtype`): hold the model, not its modules.
     """
     qconfig = getattr(model.config, "quantization_config", None)
     modules = qconfig.compression.modules if isinstance(qconfig, EmbcompressQuantizationConfig) else []

@@ -188,7 +188,12 @@ class Distiller:
         if missing:
             raise EmbcompressError(f"--resume: checkpoint lacks trainable tensor(s) {missing[:3]}; same --train?")
         self._load_params(trainable)
-        self.optimizer.load_state_dict(optim)
+        try:
+            self.optimizer.load_state_dict(optim)
+        except ValueError as exc:  # e.g. a state saved before transform codes had their own parameter group
+            raise EmbcompressError(
+                f"--resume: the saved optimizer state does not fit this run ({exc}); start again without --resume"
+            ) from None
         self.best = best
         for key in STATE_KEYS:
             setattr(self, key, info[key])
