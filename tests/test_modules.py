@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
 
 from embcompress.config import ModuleSpec
 from embcompress.modules import FactorizedEmbedding, FactorizedLinear
-from embcompress.quant import GEMM_CHUNK, fast_kernels, int8_matmul_t, pad_int8
+from embcompress.quant import GEMM_CHUNK, fast_kernels, int8_matmul_t, pad_int8, set_fast_kernels, use_fast_kernel
 
 V, H, R = 12, 6, 3
 
@@ -118,3 +120,24 @@ def test_int8_matmul_kernels_match_the_dequantized_product(rows: int) -> None:
     torch.testing.assert_close(exact, expected, rtol=1e-5, atol=1e-3)
     assert got.shape == expected.shape and not torch.equal(got, exact)
     torch.testing.assert_close(got, expected, rtol=0, atol=float(8e-3 * expected.abs().max()))
+
+
+def test_a_fast_kernels_block_is_local_to_its_thread_and_set_fast_kernels_is_global() -> None:
+    x = torch.zeros(2, 3)
+    seen: list[bool] = []
+    with fast_kernels(False):
+        assert not use_fast_kernel(x)
+        worker = threading.Thread(target=lambda: seen.append(use_fast_kernel(x)))
+        worker.start()
+        worker.join()
+    assert seen == [True] and use_fast_kernel(x)
+    previous = set_fast_kernels(False)
+    try:
+        worker = threading.Thread(target=lambda: seen.append(use_fast_kernel(x)))
+        worker.start()
+        worker.join()
+        with fast_kernels(True):
+            assert use_fast_kernel(x)
+        assert seen == [True, False] and not use_fast_kernel(x)
+    finally:
+        set_fast_kernels(previous)

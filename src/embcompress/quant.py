@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
@@ -64,25 +65,33 @@ def set_fast_kernels(enabled: bool) -> bool:
     With it on (the default), inference-mode LM-head products over int8 tables on the CPU never
     de-quantize the table (``torch._weight_int8pack_mm`` for few rows, bfloat16 GEMMs over table chunks
     for many, see :func:`int8_matmul_t`); activations and logits are rounded to bfloat16 (relative ~2e-3).
-    Turn it off for bit-for-bit float32 products.
+    Turn it off for bit-for-bit float32 products. A :func:`fast_kernels` block overrides it in its thread.
     """
     previous, _FAST["enabled"] = _FAST["enabled"], bool(enabled)
     return previous
 
 
+#: The setting of :func:`fast_kernels` blocks: local to a thread (or asyncio task), ``None`` outside them.
+_FAST_HERE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("embcompress_fast_kernels", default=None)
+
+
 @contextlib.contextmanager
 def fast_kernels(enabled: bool = True) -> Iterator[None]:
-    """Context manager form of :func:`set_fast_kernels` (``with fast_kernels(False):`` for exact float32)."""
-    previous = set_fast_kernels(enabled)
+    """Turn the int8 serving kernel on or off inside a ``with`` block (``with fast_kernels(False):`` for
+    exact float32), for the current thread only: a model serving from another thread keeps the
+    process-wide setting of :func:`set_fast_kernels`."""
+    token = _FAST_HERE.set(bool(enabled))
     try:
         yield
     finally:
-        set_fast_kernels(previous)
+        _FAST_HERE.reset(token)
 
 
 def use_fast_kernel(x: torch.Tensor) -> bool:
     """Inference on CPU, not being traced or exported, not differentiating through ``x``."""
-    if not _FAST["enabled"] or x.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
+    here = _FAST_HERE.get()
+    enabled = _FAST["enabled"] if here is None else here
+    if not enabled or x.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return False
