@@ -25,6 +25,7 @@ from embcompress.distill import Distiller, make_accelerator
 from embcompress.distill.batches import CorpusBatches
 from embcompress.distill.cache import TeacherCache
 from embcompress.distill.trainer import LOG_NAME
+from embcompress.kinds import ModelKind
 
 
 def run_steps(
@@ -45,9 +46,8 @@ def run_steps(
     state = Path(tempfile.mkdtemp())
     tcache = TeacherCache(cache, {"bench": 1}) if cache is not None else None
     model = embcompress.load(student)
-    distiller = Distiller(
-        model, teacher, tokenizer, cfg, "causal", batches, held, split, make_accelerator("cpu"), state, cache=tcache
-    )
+    kind, acc = ModelKind.CAUSAL_LM, make_accelerator("cpu")
+    distiller = Distiller(model, teacher, tokenizer, cfg, kind, batches, held, split, acc, state, cache=tcache)
     distiller.train()
     records = [json.loads(line) for line in (state / LOG_NAME).read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in records if r.get("event") == "step"][1:]
