@@ -12,7 +12,6 @@ from torch import nn
 
 from ..errors import EmbcompressError
 from ..factorize import convert_factor_dtype
-from ..hf_integration import EmbcompressQuantizationConfig
 from ..modules import CompressedEmbedding, FactorizedLinear
 
 
@@ -77,9 +76,7 @@ def float32_factors(model: nn.Module) -> Iterator[None]:
     student (float16 factors) reached a NaN loss at the second step. The embedding modules are replaced
     twice (see :func:`~embcompress.factorize.convert_factor_dtype`): hold the model, not its modules.
     """
-    qconfig = getattr(model.config, "quantization_config", None)
-    modules = qconfig.compression.modules if isinstance(qconfig, EmbcompressQuantizationConfig) else []
-    half = sorted({spec.factor_dtype for spec in modules} & {"float16", "bfloat16"})
+    half = sorted({module.spec.factor_dtype for _, module in factorized_sources(model)} & {"float16", "bfloat16"})
     if half:
         convert_factor_dtype(model, "float32")
     try:
