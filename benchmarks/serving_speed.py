@@ -135,12 +135,17 @@ def measure(model: str, variant: str, path: Path) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def is_throughput(key: str) -> bool:
+    """A column where higher is better (tokens or sentences per second)."""
+    return key.endswith("_per_s") or "_per_s_" in key
+
+
 def best_row(rows: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    """One row's best over rounds: the highest throughput, the lowest latency and peak RSS."""
+    """One row's best over rounds: the highest throughput, the lowest latency, load time and peak RSS."""
     best = dict(rows[0])
     for key in best:
         values = [r[key] for r in rows]
-        if key.endswith(("_per_s_batch1", "_per_s_batch8", "_per_s_batch32")):
+        if is_throughput(key):
             best[key] = max(values)
         elif key.startswith(("prefill_ms", "peak_rss", "load_s")):
             best[key] = min(values)
@@ -155,7 +160,7 @@ def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         if row["variant"] == "dense":
             continue
         base = dense[row["model"]]
-        ratios = {k: row[k] / base[k] for k in row if k.endswith("_per_s") or "_per_s_" in k}
+        ratios = {k: row[k] / base[k] for k in row if is_throughput(k)}
         ratios |= {k: base[k] / row[k] for k in row if k.startswith("prefill_ms")}
         out[f"{row['model']}/{row['variant']}"] = ratios
     return out
