@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "embcompress.kinds": 0,
     "embcompress.allocation": 0,
     "embcompress.codec": 0,
+    # the output guard (every write goes through it)
+    "embcompress.outputs": 0,
     # byte accounting
     "embcompress.sizes": 1,
     # configuration / option bases

@@ -10,8 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,12 @@ from torch import nn
 
 from .card import render_card
 from .config import QUANT_METHOD, CompressionConfig
-from .errors import CheckpointError, EmbcompressError
+from .errors import CheckpointError
 from .hf_integration import EmbcompressQuantizationConfig, load_guard_keys, load_guard_tensors
 from .kinds import detect_kind
 from .modules import CompressedEmbedding
-from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
+from .outputs import atomic_output, check_output, check_outside
+from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class, source_paths
 from .surgery import build_modules
 from .version import __version__
 
@@ -39,63 +39,22 @@ SUMMARY_NAME = "embcompress.json"
 _SKIP_COPY = {"config.json", "README.md", ".gitattributes", SUMMARY_NAME, INDEX_NAME}
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output without ``overwrite`` and an unwritable parent, before any work."""
-    if out.exists() and not overwrite:
-        raise EmbcompressError(f"output '{out}' already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise EmbcompressError(f"output '{out}' exists and is not a folder")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK) or not _can_create_dir(parent):
-        raise EmbcompressError(f"cannot write '{out}': parent folder '{parent}' is not writable")
+def check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """Refuse, before any work, an output folder that overlaps ``inputs``, exists without ``overwrite``,
+    is being written by another run, or whose parent is missing or unwritable (see :mod:`.outputs`)."""
+    check_output(out, overwrite, inputs)
 
 
 def check_outside_input(out: Path, source: Path) -> None:
-    """Refuse an output that is, contains or lies inside the input folder (the input is never modified)."""
-    out_abs, src_abs = out.expanduser().resolve(), source.expanduser().resolve()
-    if src_abs.is_file():
-        src_abs = src_abs.parent
-    if out_abs == src_abs or src_abs in out_abs.parents or out_abs in src_abs.parents:
-        raise EmbcompressError(
-            f"output '{out}' overlaps the input '{source}'; choose an output folder outside the input"
-        )
+    """Refuse an output that is, contains or lies inside the input ``source`` (the input is never modified)."""
+    check_outside(out, [source])
 
 
-def _can_create_dir(parent: Path) -> bool:
-    """Whether a folder can be created in ``parent`` (``os.access`` says yes to root even where it cannot)."""
-    probe = parent / f".embcompress-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.mkdir()
-    except OSError:
-        return False
-    probe.rmdir()
-    return True
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that replaces ``out`` only if the block succeeds."""
-    check_output_dir(out, overwrite)
-    tmp = out.resolve().parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            trash = out.resolve().parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, trash)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(trash, out)  # put the previous output back
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def atomic_output_dir(
+    out: Path, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str]] = ()
+) -> contextlib.AbstractContextManager[Path]:
+    """A temporary folder that replaces ``out`` only if the block succeeds (:func:`.outputs.atomic_output`)."""
+    return atomic_output(out, overwrite, inputs)
 
 
 def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -324,7 +283,7 @@ def write_checkpoint(
 ) -> None:
     """Atomically write the compressed checkpoint, its summary JSON and its model card (with the
     ``quality`` table when measured); ``extra(folder)`` adds more files before the folder is moved into place."""
-    with atomic_output_dir(Path(out), overwrite) as tmp:
+    with atomic_output_dir(Path(out), overwrite, source_paths(source)) as tmp:
         save_model_files(model, tmp, None if source.gguf_file else source.path, tokenizer)
         write_json(tmp / SUMMARY_NAME, summary)
         readme, st_layout = _source_card_facts(source)

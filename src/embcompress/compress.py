@@ -42,12 +42,13 @@ from .kinds import ModelKind, detect_kind, model_kind
 from .methods import get_method
 from .methods.grouped import bucket_params
 from .options import Options, require
+from .outputs import reserve_output
 from .progress import LoggingReporter, Reporter
 from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
 from .selftext import head_input_moment, pooled_sensitivity, random_ids, sample_documents, sample_ids
 from .sizes import DENSE, layout_bytes
-from .sources import LoadOptions, load_source
+from .sources import LoadOptions, input_paths, load_source
 from .spectral import weighted_singular_values
 from .surgery import find_targets
 
@@ -599,18 +600,22 @@ def compress_checkpoint(
     out_path = Path(out)
     options.check()
     check_output_dir(out_path, overwrite)
-    source, model, tokenizer = load_source(model_name, load, reporter)
-    result = compress_model(model, tokenizer, options, source.name, load.device, reporter)
-    result.output = out_path
+    data = [options.data, options.eval_data, options.ood_data]
+    inputs = input_paths(model_name, paths=data, gguf_file=load.gguf_file)
+    with reserve_output(out_path, overwrite, inputs):
+        source, model, tokenizer = load_source(model_name, load, reporter)
+        result = compress_model(model, tokenizer, options, source.name, load.device, reporter)
+        result.output = out_path
 
-    def extra(folder: Path) -> None:
-        if result.report is not None:
-            write_report(folder, result.report)
-        if result.ood_report is not None:
-            write_json(folder / OOD_REPORT_NAME, result.ood_report)
-        if result.log:
-            (folder / LOG_NAME).write_text(result.log)
+        def extra(folder: Path) -> None:
+            if result.report is not None:
+                write_report(folder, result.report)
+            if result.ood_report is not None:
+                write_json(folder / OOD_REPORT_NAME, result.ood_report)
+            if result.log:
+                (folder / LOG_NAME).write_text(result.log)
 
-    with reporter.stage(f"writing {out_path}"):
-        write_checkpoint(model, out_path, source, tokenizer, result.summary, overwrite, extra, quality_markdown(result))
+        with reporter.stage(f"writing {out_path}"):
+            card = quality_markdown(result)
+            write_checkpoint(model, out_path, source, tokenizer, result.summary, overwrite, extra, card)
     return result

@@ -24,10 +24,11 @@ from .methods import FactorizationMethod, FitContext, get_method
 from .methods.base import MethodOptions, ProgressFn
 from .modules import CompressedEmbedding, FactorizedLinear
 from .options import Options
+from .outputs import reserve_output
 from .progress import LoggingReporter, Reporter
 from .quant import dtype_from_name, fast_kernels
 from .sizes import module_bytes
-from .sources import LoadOptions, load_source
+from .sources import LoadOptions, input_paths, load_source
 from .spectral import break_even_rank
 from .surgery import EmbeddingTargets, find_targets, install_modules
 
@@ -380,19 +381,21 @@ def factorize_checkpoint(
     if row_weights is None and frequency is not None:
         frequency.check()
     check_output_dir(out_path, overwrite)
-    source, model, tokenizer = load_source(model_name, load, reporter)
-    freqs: TokenFrequencies | None = None
-    if row_weights is None and frequency is not None:
-        with reporter.stage(f"counting tokens in {frequency.path}"):
-            freqs = token_frequencies(tokenizer, frequency, model.get_input_embeddings().weight.shape[0])
-        row_weights = freqs.weights
-    with reporter.stage(f"fitting {options.method}", total=_progress_total(model, options)):
-        result = factorize_model(model, options, row_weights=row_weights, progress=_advance(reporter))
-    summary = {**result.to_dict(), "source": source.name, "options": options.to_dict()}
-    if freqs is not None:
-        summary["frequency"] = freqs.info
-    with reporter.stage(f"writing {out_path}"):
-        write_checkpoint(model, out_path, source, tokenizer, summary, overwrite)
+    inputs = input_paths(model_name, paths=[frequency.path if frequency else None], gguf_file=load.gguf_file)
+    with reserve_output(out_path, overwrite, inputs):
+        source, model, tokenizer = load_source(model_name, load, reporter)
+        freqs: TokenFrequencies | None = None
+        if row_weights is None and frequency is not None:
+            with reporter.stage(f"counting tokens in {frequency.path}"):
+                freqs = token_frequencies(tokenizer, frequency, model.get_input_embeddings().weight.shape[0])
+            row_weights = freqs.weights
+        with reporter.stage(f"fitting {options.method}", total=_progress_total(model, options)):
+            result = factorize_model(model, options, row_weights=row_weights, progress=_advance(reporter))
+        summary = {**result.to_dict(), "source": source.name, "options": options.to_dict()}
+        if freqs is not None:
+            summary["frequency"] = freqs.info
+        with reporter.stage(f"writing {out_path}"):
+            write_checkpoint(model, out_path, source, tokenizer, summary, overwrite)
     return result
 
 

@@ -219,9 +219,9 @@ def export_onnx(
     ``ORTModel*.from_pretrained(out, subfolder="onnx")`` look for)."""
     require_package("onnx")
     out_path, src = Path(out), Path(folder)
-    check_output_dir(out_path, overwrite)
+    check_output_dir(out_path, overwrite, [src])
     model = load_compressed(src, dtype=torch.float32)
-    with atomic_output_dir(out_path, overwrite) as tmp:
+    with atomic_output_dir(out_path, overwrite, [src]) as tmp:
         result = export_model_onnx(model, tmp / ONNX_DIR / ONNX_NAME, opset=opset, check=check)
         copy_aux_files(src, tmp)
         _write_plain_config(src, tmp)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,29 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
             f"model path '{name}' does not exist; pass a model folder, a hub id, or an alias ({', '.join(ALIASES)})"
         )
     return resolve_hub(name)
+
+
+def source_paths(source: ModelSource) -> list[Path]:
+    """What reading ``source`` touches on disk, for the output guard: a local GGUF file itself, else the
+    model folder (a packaged model's folder, a hub snapshot)."""
+    if source.kind == "local" and source.gguf_file:
+        return [source.path / source.gguf_file]
+    return [source.path]
+
+
+def input_paths(
+    *models: str | os.PathLike[str] | None,
+    paths: Iterable[str | os.PathLike[str] | None] = (),
+    gguf_file: str | None = None,
+) -> list[Path]:
+    """The on-disk inputs of a command for :func:`embcompress.outputs.check_output`: ``models`` resolved
+    as :func:`resolve_source` does (a packaged model's folder, a hub snapshot, a local folder or GGUF
+    file), ``paths`` (data, caches) as they are; ``None`` entries are skipped."""
+    found = [Path(p).expanduser() for p in paths if p is not None]
+    for name in models:
+        if name is not None:
+            found += source_paths(resolve_source(str(name), gguf_file))
+    return found
 
 
 def check_model_folder(source: ModelSource) -> None:

@@ -74,7 +74,8 @@ def test_empty_text_is_one_line_error(pair: dict[str, Path]) -> None:
 def test_unwritable_html_is_one_line_error(pair: dict[str, Path]) -> None:
     line = _error_line(invoke("report", str(pair["student"]), "--html", str(pair["tmp"] / "missing" / "r.html")))
     assert "cannot write --html" in line
-    line = _error_line(invoke("report", str(pair["student"]), "--html", str(pair["tmp"])))
+    (pair["tmp"] / "pages").mkdir(exist_ok=True)
+    line = _error_line(invoke("report", str(pair["student"]), "--html", str(pair["tmp"] / "pages")))
     assert "is a folder" in line
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..checkpoint import check_outside_input
 from ..compress import CompressOptions, CompressResult, compress_checkpoint, domain_warning
 from ..report.tables import glance_table
 from ..sizes import mb
@@ -88,8 +87,6 @@ def compress(
         dense_rows=dense_rows,
         tail_rank=tail_rank,
     )
-    if Path(model).expanduser().exists():
-        check_outside_input(output, Path(model))
     load = LoadOptions(gguf_file=gguf_file, device=auto_device(device), trust_remote_code=trust_remote_code)
     result = compress_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))
     if json_out:

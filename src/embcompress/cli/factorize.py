@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..checkpoint import check_outside_input
 from ..factorize import CompressionResult, FactorizeOptions, factorize_checkpoint
 from ..frequency import FrequencyOptions
 from ..methods import method_names, parse_method_options
@@ -87,8 +86,6 @@ def factorize(
         method_options=parse_method_options(option, buckets, bucket_ranks),
     )
     frequency = FrequencyOptions(freq_data, exponent=freq_exponent, floor=freq_floor) if freq_data else None
-    if Path(model).expanduser().exists():
-        check_outside_input(output, Path(model))
     load = LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     reporter = RichReporter(enabled=not json_out)
     result = factorize_checkpoint(model, output, options, load, overwrite, reporter, frequency=frequency)

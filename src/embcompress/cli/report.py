@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,13 @@ from rich.table import Table
 from ..checkpoint import load as load_compressed
 from ..checkpoint import read_compression_config
 from ..errors import CheckpointError, EmbcompressError
+from ..outputs import atomic_output, check_output
 from ..report import EvalOptions, ReportOptions, build_report, report_json, to_html, to_markdown
 from ..report.builder import check_vocabularies, read_summary
 from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
-from ..sources import LoadOptions, load_model, load_source, load_tokenizer, resolve_source
-from ._common import RichReporter, Verbose, command, console, stdout
+from ..sources import LoadOptions, input_paths, load_model, load_source, load_tokenizer, resolve_source
+from ._common import Overwrite, RichReporter, Verbose, command, console, stdout
 
 FORMATS = ("rich", "json", "markdown")
 
@@ -27,24 +28,17 @@ _report = ReportOptions.default
 _load = LoadOptions.default
 
 
-def check_html_path(path: Path | None) -> None:
-    """Refuse an HTML output that cannot be written, before any work."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise EmbcompressError(f"--html '{path}' is a folder; pass a file name such as report.html")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise EmbcompressError(f"cannot write --html '{path}': folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise EmbcompressError(f"cannot write --html '{path}': permission denied")
+def check_html_path(path: Path | None, overwrite: bool = False, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, an HTML output that overlaps an input, exists without --overwrite or
+    cannot be written."""
+    if path is not None:
+        check_output(path, overwrite, inputs, kind="file", label="--html")
 
 
-def write_html(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise EmbcompressError(f"cannot write --html '{path}': {exc.strerror or exc}") from None
+def write_html(path: Path, text: str, overwrite: bool = False, inputs: Iterable[Path] = ()) -> None:
+    """Write ``text`` to ``path`` atomically, through the output guard."""
+    with atomic_output(path, overwrite, inputs, kind="file", label="--html") as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _is_compressed(folder: Path) -> bool:
@@ -115,12 +109,17 @@ def report(
     gguf_file: str | None = typer.Option(_load("gguf_file"), help="GGUF file inside the teacher folder."),
     dtype: str = typer.Option(_load("dtype"), help="Dtype both models are loaded in."),
     device: str = typer.Option(_load("device"), help="Device: cpu, cuda, cuda:N."),
+    overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
     """Report what compressing STUDENT cost against TEACHER: size, fidelity, behaviour, speed, int8/int4."""
     if fmt not in FORMATS:
         raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
-    check_html_path(html_out)
+    check_html_path(html_out, overwrite)
+    inputs: list[Path] = []
+    if html_out is not None:
+        inputs = [*input_paths(student, paths=[data, freq_data]), *input_paths(teacher, gguf_file=gguf_file)]
+        check_html_path(html_out, overwrite, inputs)
     options = ReportOptions(
         eval=EvalOptions(max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed),
         speed=speed,
@@ -150,7 +149,8 @@ def report(
         reporter=reporter,
     )
     if html_out is not None:
-        write_html(html_out, to_html(result))
+        inputs += input_paths(teacher_name, gguf_file=gguf_file)
+        write_html(html_out, to_html(result), overwrite, inputs)
     emit(result, fmt)
     if html_out is not None and fmt == "rich":
         console.print(f"wrote [bold]{html_out}[/]")

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from ..errors import EmbcompressError
+from ..outputs import atomic_output, check_output
 from ..report import ReportOptions, SweepGrid, prepare_evaluation, report_json, run_sweep, sweep_html
 from ..report.render import sweep_tables
 from ..report.sweep import SWEEP_EVAL, available_methods, save_dir_writer
-from ..sources import LoadOptions, load_source
-from ._common import GgufFile, JsonOut, RichReporter, Verbose, command, console, parse_csv, parse_numbers, stdout
+from ..sources import LoadOptions, input_paths, load_source
+from ._common import (
+    GgufFile,
+    JsonOut,
+    Overwrite,
+    RichReporter,
+    Verbose,
+    command,
+    console,
+    parse_csv,
+    parse_numbers,
+    stdout,
+)
 from .report import check_html_path, rich_table, write_html
 
 _grid = SweepGrid.default
@@ -44,10 +58,19 @@ def sweep(
     json_out: JsonOut = False,
     gguf_file: GgufFile = None,
     seed: int = typer.Option(_grid("seed"), help="Seed of the fits and of the masking."),
+    overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
     """Fit every method x budget of MODEL in memory and compare quality vs bytes against int8/int4."""
-    check_html_path(html_out)
+    check_html_path(html_out, overwrite)
+    if save_dir is not None:
+        check_output(save_dir, overwrite, label="--save-dir")
+    inputs: list[Path] = []
+    if html_out is not None or save_dir is not None:
+        inputs = input_paths(model, paths=[data, freq_data], gguf_file=gguf_file)
+        check_html_path(html_out, overwrite, inputs)
+    if save_dir is not None:
+        check_output(save_dir, overwrite, inputs, label="--save-dir")
     grid = SweepGrid(
         methods=parse_csv(methods),
         ranks=parse_numbers(ranks, int, "ranks"),
@@ -59,8 +82,6 @@ def sweep(
     _, missing = available_methods(grid.methods)
     if missing:
         console.print(f"[yellow]skipping method(s) not registered: {', '.join(missing)}[/]")
-    if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
-        raise EmbcompressError(f"--save-dir '{save_dir}' exists and is not a folder")
     options = ReportOptions(
         eval=dataclasses.replace(
             _eval, max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed
@@ -70,10 +91,14 @@ def sweep(
     reporter = RichReporter(enabled=not json_out)
     source, teacher, tokenizer = load_source(model, LoadOptions(gguf_file=gguf_file), reporter)
     evaluation = prepare_evaluation(teacher, tokenizer, data, options, freq_data, reporter)
-    save = save_dir_writer(save_dir, source, tokenizer) if save_dir is not None else None
-    result = run_sweep(teacher, grid, evaluation, options, reporter, teacher_name=model, save=save)
+    with contextlib.ExitStack() as stack:
+        save = None
+        if save_dir is not None:
+            staging = stack.enter_context(atomic_output(save_dir, overwrite, inputs, label="--save-dir"))
+            save = _saver(staging, save_dir, source, tokenizer)
+        result = run_sweep(teacher, grid, evaluation, options, reporter, teacher_name=model, save=save)
     if html_out is not None:
-        write_html(html_out, sweep_html(result))
+        write_html(html_out, sweep_html(result), overwrite, inputs)
     if json_out:
         sys.stdout.write(report_json(result))
         return
@@ -82,3 +107,15 @@ def sweep(
         stdout.print(rich_table(table))
     if html_out is not None:
         console.print(f"wrote [bold]{html_out}[/]")
+
+
+def _saver(staging: Path, final: Path, source: Any, tokenizer: Any) -> Callable[..., Path]:
+    """The sweep's ``save`` callback: checkpoints go into the staging copy of --save-dir, results name
+    their final place (the staging copy becomes --save-dir only when the sweep succeeds)."""
+    write = save_dir_writer(staging, source, tokenizer)
+
+    def save(model: Any, name: str, summary: dict[str, Any]) -> Path:
+        write(model, name, summary)
+        return final / name
+
+    return save

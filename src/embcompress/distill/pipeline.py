@@ -28,8 +28,9 @@ from ..checkpoint import load as load_compressed
 from ..data import iter_documents
 from ..errors import CheckpointError, EmbcompressError
 from ..kinds import ModelKind, model_kind
+from ..outputs import reserve_output
 from ..progress import LoggingReporter, Reporter
-from ..sources import LoadOptions, ModelSource, load_source
+from ..sources import LoadOptions, ModelSource, input_paths, load_source
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig
@@ -219,26 +220,30 @@ def distill_checkpoint(
     if not Path(student).is_dir():
         raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
     read_compression_config(Path(student))
+    inputs = [Path(student), *input_paths(teacher, paths=[data, cache_dir], gguf_file=load.gguf_file)]
+    check_output_dir(out_path, overwrite, inputs)
     states = Path(state_dir) if state_dir else out_path.with_name(out_path.name + ".distill")
     accelerator = make_accelerator(load.device)
-    prepare_state_dir(states, resume, overwrite, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    with reporter.stage(f"loading student {student}"):
-        s_model, s_tok, s_summary = load_student(student, "cpu")
-    _source, t_model, t_tok = load_source(teacher, dataclasses.replace(load, device="cpu"), reporter)
-    check_pair(s_model, t_model, s_tok, t_tok)
-    tokenizer = s_tok or t_tok
-    result = distill_model(
-        s_model, t_model, tokenizer, config, data, states, resume, cache_dir, teacher, accelerator, reporter
-    )
-    if accelerator.is_main_process:
-        summary = _summary(s_summary, result, config, student, teacher, data)
-        with reporter.stage(f"writing {out_path}"):
-            write_log = functools.partial(_write_log, log=result.log)
-            src = ModelSource(str(student), "local", Path(student))
-            write_checkpoint(s_model, out_path, src, tokenizer, summary, overwrite, write_log)
-        if not keep_state:
-            shutil.rmtree(states, ignore_errors=True)
+    main = accelerator.is_main_process
+    with reserve_output(out_path, overwrite, inputs) if main else contextlib.nullcontext():
+        prepare_state_dir(states, resume, overwrite, main)
+        accelerator.wait_for_everyone()
+        with reporter.stage(f"loading student {student}"):
+            s_model, s_tok, s_summary = load_student(student, "cpu")
+        _source, t_model, t_tok = load_source(teacher, dataclasses.replace(load, device="cpu"), reporter)
+        check_pair(s_model, t_model, s_tok, t_tok)
+        tokenizer = s_tok or t_tok
+        result = distill_model(
+            s_model, t_model, tokenizer, config, data, states, resume, cache_dir, teacher, accelerator, reporter
+        )
+        if main:
+            summary = _summary(s_summary, result, config, student, teacher, data)
+            with reporter.stage(f"writing {out_path}"):
+                write_log = functools.partial(_write_log, log=result.log)
+                src = ModelSource(str(student), "local", Path(student))
+                write_checkpoint(s_model, out_path, src, tokenizer, summary, overwrite, write_log)
+            if not keep_state:
+                shutil.rmtree(states, ignore_errors=True)
     return result
 
 
