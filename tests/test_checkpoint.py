@@ -234,9 +234,9 @@ def test_load_refuses_missing_factor(tmp_path: Path) -> None:
     _rewrite(tmp_path / "out", drop="lm_head.source.codes")
     with pytest.raises(CheckpointError, match=r"missing factor tensor\(s\): lm_head\.source\.codes"):
         embcompress.load(tmp_path / "out")
-    # Plain transformers does not notice: it silently re-initialises the missing factor.
-    plain = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "out"))
-    assert plain.lm_head.source.codes.shape == (VOCAB, RANK)
+    # Plain transformers after the import refuses too (the quantizer checks the files first).
+    with pytest.raises(CheckpointError, match=r"missing factor tensor\(s\): lm_head\.source\.codes"):
+        transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "out"))
 
 
 def test_load_refuses_unexpected_dense_weight(tmp_path: Path) -> None:

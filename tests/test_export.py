@@ -18,7 +18,7 @@ import embcompress
 from embcompress.card import base_model_id, render_card
 from embcompress.checkpoint import read_compression_config
 from embcompress.cli import app
-from embcompress.hf_integration import LOAD_GUARD_NOTE, load_guard_tensors
+from embcompress.hf_integration import LOAD_GUARD_FILE, LOAD_GUARD_NOTE, load_guard_tensors
 from embcompress.methods import get_method
 from helpers.models import forward_logits, make_tiny
 
@@ -83,7 +83,7 @@ def test_plain_loading_of_guarded_checkpoint_fails_loudly(
         [sys.executable, "-c", PLAIN_LOAD, str(folder), auto], capture_output=True, text=True, timeout=180
     )
     assert proc.returncode != 0
-    assert LOAD_GUARD_NOTE in proc.stderr + proc.stdout
+    assert LOAD_GUARD_FILE in proc.stderr + proc.stdout  # the weights file config.json names (never exists)
     assert "pip install embcompress" in LOAD_GUARD_NOTE and "import embcompress" in LOAD_GUARD_NOTE
     # with the plugin imported (this process) the guarded checkpoint loads and matches
     model = getattr(transformers, auto).from_pretrained(folder).eval()

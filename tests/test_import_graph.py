@@ -53,6 +53,8 @@ LAYERS: dict[str, int] = {
     # model surgery and the transformers quantizer hook
     "embcompress.surgery": 5,
     "embcompress.hf_integration": 5,
+    # the one checkpoint validator (load, the quantizer, inspect, report)
+    "embcompress.validation": 5,
     # loading sources, model cards, data and token frequencies
     "embcompress.sources": 6,
     "embcompress.card": 6,

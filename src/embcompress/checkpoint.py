@@ -16,19 +16,18 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import validation
 from .card import render_card
-from .config import QUANT_METHOD, CompressionConfig
+from .config import CompressionConfig
 from .errors import CheckpointError
-from .hf_integration import EmbcompressQuantizationConfig, load_guard_keys, load_guard_tensors
+from .hf_integration import EmbcompressQuantizationConfig, add_load_guard_file, load_guard_tensors
 from .kinds import detect_kind
 from .modules import CompressedEmbedding
 from .outputs import atomic_output, check_output, check_outside
-from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class, source_paths
-from .surgery import build_modules
+from .sources import WEIGHT_SUFFIXES, ModelSource, model_class, source_paths
 from .version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
@@ -152,6 +151,8 @@ def save_model_files(
     # dtype of the first tensor in the file, which may be a float16 or int8 factor.
     model.config.dtype = compute_dtype(model)
     model.config.save_pretrained(str(folder))
+    if isinstance(qconfig, EmbcompressQuantizationConfig):
+        add_load_guard_file(folder / "config.json")
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(model, "can_generate", lambda: False)():
         gen.save_pretrained(str(folder))
@@ -166,34 +167,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_compression_config(folder: Path) -> CompressionConfig:
-    """The :class:`CompressionConfig` of a compressed checkpoint folder."""
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"no config.json in '{folder}': not a model folder")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"config.json in '{folder}' is not valid JSON: {exc}") from None
-    section = raw.get("quantization_config") or {}
-    if section.get("quant_method") != QUANT_METHOD:
-        raise CheckpointError(
-            f"'{folder}' is not an embcompress checkpoint (config.json has no quantization_config "
-            f"with quant_method '{QUANT_METHOD}')"
-        )
-    return CompressionConfig.from_dict(section)
+    """The validated :class:`CompressionConfig` of a compressed checkpoint folder (:mod:`.validation`)."""
+    return validation.read_compression_config(folder)
 
 
 def expected_factor_shapes(config: CompressionConfig) -> dict[str, tuple[int, ...]]:
     """Name and shape of every tensor the weights file must hold for the factorized modules."""
-    modules = build_modules(config, torch.float32, device="meta")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in config.modules:
-        if not spec.owns_factors:
-            continue
-        prefix = spec.path if spec.role == "input" else f"{spec.path}.source"
-        source = modules[spec.path] if spec.role == "input" else modules[spec.path].source
-        shapes.update({f"{prefix}.{name}": tuple(p.shape) for name, p in source.named_parameters()})
-    return shapes
+    return validation.expected_factor_shapes(config)
 
 
 def expected_factor_keys(config: CompressionConfig) -> set[str]:
@@ -201,45 +181,9 @@ def expected_factor_keys(config: CompressionConfig) -> set[str]:
     return set(expected_factor_shapes(config))
 
 
-def _stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        check_safetensors(file)
-        with safe_open(str(file), framework="pt") as handle:
-            shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})  # noqa: SIM118
-    return shapes
-
-
 def verify_checkpoint_keys(folder: Path, config: CompressionConfig) -> None:
     """Raise if a factor tensor is missing or misshapen, or an unexpected one (e.g. a dense weight) is present."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no .safetensors weights in '{folder}'")
-    stored = _stored_shapes(files)
-    expected = expected_factor_shapes(config)
-    replaced = {p for spec in config.modules for p in (spec.path, *spec.aliases)}
-    guards = load_guard_keys(config)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(
-        k
-        for k in set(stored) - set(expected)
-        if any(k.startswith(f"{p}.") for p in replaced)
-        and not k.endswith(".bias")
-        and not (k in guards and stored[k] == (0,))
-    )
-    misshapen = [
-        f"{k} {list(stored[k])} (config says {list(v)})"
-        for k, v in sorted(expected.items())
-        if k in stored and stored[k] != v
-    ]
-    if missing:
-        raise CheckpointError(f"checkpoint '{folder}' is missing factor tensor(s): {', '.join(missing[:5])}")
-    if unexpected:
-        raise CheckpointError(f"checkpoint '{folder}' has unexpected tensor(s): {', '.join(unexpected[:5])}")
-    if misshapen:
-        raise CheckpointError(
-            f"checkpoint '{folder}' has factor tensor(s) of the wrong shape: {', '.join(misshapen[:5])}"
-        )
+    validation.verify_tensors(validation.weight_files(folder), config, folder)
 
 
 def load(
@@ -247,24 +191,29 @@ def load(
     model_cls: type | None = None,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
+    strict: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """Load a compressed checkpoint, refusing missing or unexpected factor tensors.
+    """Load a compressed checkpoint after checking it (:mod:`.validation`); nothing is initialised at random.
 
-    Plain ``AutoModel*.from_pretrained`` also works after ``import embcompress``, but it silently
-    re-initialises missing weights; this function checks the files first. ``dtype`` defaults to the
-    dtype saved in ``config.json`` (``"auto"``), as plain ``from_pretrained`` does.
+    The config and the factor tensors (names, shapes) are checked before loading. ``strict`` (the
+    default) also refuses a model weight that was missing, mismatched or left over, and factors holding
+    NaN or infinity. ``dtype`` defaults to the dtype saved in ``config.json`` (``"auto"``), as plain
+    ``from_pretrained`` does.
     """
     path = Path(folder)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder '{folder}' does not exist")
-    config = read_compression_config(path)
-    verify_checkpoint_keys(path, config)
+    config = validation.check_checkpoint(path)
     hf_config = transformers.AutoConfig.from_pretrained(str(path))
     cls = model_cls or model_class(hf_config, is_gguf=False)
+    kwargs.setdefault("ignore_mismatched_sizes", strict)  # mismatches become one line below, not a report
     model, info = cls.from_pretrained(
         str(path), dtype=dtype or "auto", use_safetensors=True, output_loading_info=True, **kwargs
     )
+    if strict:
+        validation.check_load_info(info, path)
+        validation.check_finite(model, path)
     bad = sorted(set(info.get("missing_keys", [])) & expected_factor_keys(config))
     if bad:
         raise CheckpointError(f"factor tensor(s) not loaded from '{folder}': {', '.join(bad[:5])}")

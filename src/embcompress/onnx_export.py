@@ -204,6 +204,7 @@ def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> An
 def _write_plain_config(folder: Path, dest: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     config.pop("quantization_config", None)
+    config.pop("transformers_weights", None)  # embcompress's load guard (hf_integration.LOAD_GUARD_FILE)
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -21,9 +21,11 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from torch import nn
 
+from .config import QUANT_METHOD
 from .errors import CheckpointError, EmbcompressError, ModelSourceError
 from .options import Options
 from .progress import LoggingReporter, Reporter
+from .validation import check_checkpoint, quant_method
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +181,12 @@ def read_config(source: ModelSource) -> dict[str, Any]:
     if source.gguf_file:
         return {}
     try:
-        return json.loads((source.path / "config.json").read_text())
+        raw = json.loads((source.path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise ModelSourceError(f"config.json in '{source.path}' is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ModelSourceError(f"config.json in '{source.path}' is not a JSON object; restore the original file")
+    return raw
 
 
 def model_class(config: transformers.PretrainedConfig, is_gguf: bool) -> type:
@@ -215,24 +220,43 @@ def load_model(
 ) -> nn.Module:
     """Load a dense model from ``source`` (GGUF de-quantized) in ``dtype`` on ``device``."""
     check_model_folder(source)
-    raw = read_config(source)
-    quant = (raw.get("quantization_config") or {}).get("quant_method")
-    if quant and quant != "embcompress":
+    quant = quant_method(read_config(source), source.path)
+    if quant and quant != QUANT_METHOD:
         raise ModelSourceError(
             f"'{source.name}' is quantized with '{quant}'; embcompress needs a float checkpoint "
             "(de-quantize it first or pass the original model)"
         )
+    if quant == QUANT_METHOD:
+        check_checkpoint(source.path)  # the one validator: config, factor names and shapes
     kwargs = _hf_kwargs(source, trust_remote_code)
     try:
         config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
         cls = model_class(config, bool(source.gguf_file))
-        safetensors = {} if source.gguf_file else {"use_safetensors": True}
-        model = cls.from_pretrained(str(source.path), dtype=dtype, **safetensors, **kwargs)
+        if source.gguf_file:
+            model = _rebuild_without_quantizer(cls.from_pretrained(str(source.path), dtype=dtype, **kwargs), dtype)
+        else:
+            model = _from_safetensors(cls, source, dtype, kwargs)
+    except EmbcompressError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
-    if source.gguf_file:
-        model = _rebuild_without_quantizer(model, dtype)
     return model.to(device).eval()
+
+
+def _from_safetensors(cls: type, source: ModelSource, dtype: torch.dtype, kwargs: dict[str, Any]) -> nn.Module:
+    """``cls.from_pretrained`` of a safetensors folder; a weight of the wrong shape is one line naming it
+    (transformers would point to a report printed above, hidden unless verbose)."""
+    model, info = cls.from_pretrained(
+        str(source.path), dtype=dtype, use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True,
+        **kwargs,
+    )  # fmt: skip
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        shown = ", ".join(f"{k} {list(a)} (the model needs {list(b)})" for k, a, b in mismatched[:3])
+        raise ModelSourceError(
+            f"'{source.name}' has weight(s) of the wrong shape for its config.json: {shown}; restore the original files"
+        )
+    return model
 
 
 def _hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
