@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import tempfile
@@ -26,19 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 
 from .allocation import RankBucket, greedy_ranks
 from .checkpoint import check_output_dir, write_checkpoint, write_json
-from .data import count_tokens, iter_documents, split_documents
+from .codec import BAND, total_nbytes
+from .data import count_tokens, iter_documents, split_counts, split_documents
 from .distill import DistillConfig, distill_model, make_accelerator
-from .distill.model_utils import max_positions
+from .distill.batches import CorpusBatches
+from .distill.model_utils import config_positions, max_positions
 from .distill.pipeline import check_data, check_seq_len
 from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
 from .frequency import weights_from_counts
-from .kinds import ModelKind, detect_kind, model_kind
+from .kinds import ModelKind, detect_kind, kind_of_class, model_kind
 from .methods import get_method
 from .methods.grouped import bucket_params
 from .options import Options, require
@@ -48,7 +52,7 @@ from .report import EvalOptions, ReportOptions, build_report, write_report
 from .report.render import glance_markdown
 from .selftext import head_input_moment, pooled_sensitivity, random_ids, sample_documents, sample_ids
 from .sizes import DENSE, layout_bytes
-from .sources import LoadOptions, input_paths, load_source
+from .sources import LoadOptions, hf_kwargs, input_paths, load_source, load_tokenizer, model_class, resolve_source
 from .spectral import weighted_singular_values
 from .surgery import find_targets
 
@@ -341,15 +345,101 @@ def plan_layout(weight: torch.Tensor, counts: torch.Tensor, options: CompressOpt
 
 def distill_config(model: nn.Module, options: CompressOptions) -> DistillConfig:
     """The distillation settings of the recipe for ``model`` (``distill_overrides`` on top)."""
-    kind = model_kind(model)
+    config = recipe_distill_config(model_kind(model), max_positions(model), options)
+    check_seq_len(model, config)
+    return config
+
+
+def recipe_distill_config(kind: ModelKind, positions: int | None, options: CompressOptions) -> DistillConfig:
+    """:func:`distill_config` from the model's kind and position limit (known before it is loaded)."""
     minutes = options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES[kind]
-    seq_len = min(DistillConfig.seq_len, max_positions(model) or DistillConfig.seq_len)
+    seq_len = min(DistillConfig.seq_len, positions or DistillConfig.seq_len)
     base = {"max_minutes": minutes, "heldout_fraction": options.heldout_fraction, "seed": options.seed}
     config = DistillConfig.from_dict(
         {**base, "seq_len": seq_len, "text_field": options.text_field, **options.distill_overrides}
     )
-    check_seq_len(model, config)
     return config.for_data(options.data)
+
+
+# -- checks before the model is loaded --------------------------------------------------------------
+
+
+def smallest_bytes(rows: int, cols: int, domain: bool) -> int:
+    """Bytes of the smallest code the recipe can store for a ``rows x cols`` matrix: one band of
+    components at one bit (transform code), or every row at the smallest tail rank (``--domain``)."""
+    if domain:
+        return layout_bytes(cols, [rows], [min(MIN_TAIL_RANK, cols)])
+    return total_nbytes(rows, cols, [(BAND, 1)])
+
+
+def check_budget(rows: int, cols: int, options: CompressOptions) -> None:
+    """Refuse a ``--ratio`` whose budget cannot hold the smallest code, or a hidden size the transform
+    code cannot take."""
+    if not options.domain and cols % BAND:
+        raise EmbcompressError(f"the transform code needs a hidden size divisible by {BAND}, got {cols}; pass --domain")
+    if options.domain and options.dense_rows is not None:
+        return  # a user-fixed layout is checked by plan_layout
+    smallest = smallest_bytes(rows, cols, options.domain)
+    if rows * cols * 4 / options.ratio < smallest:
+        largest = math.floor(rows * cols * 4 / smallest * 10) / 10
+        raise BudgetError(
+            f"--ratio {options.ratio:g} leaves {int(rows * cols * 4 / options.ratio):,} bytes for a {rows}x{cols} "
+            f"embedding, below its smallest code ({smallest:,} bytes); use --ratio {largest:g} or lower"
+        )
+
+
+def check_splits(options: CompressOptions) -> None:
+    """The held-out split of ``--data`` must hold text for the report (without ``--eval-data``), its
+    training split text for ``--domain`` counts and distillation."""
+    if options.data is None:
+        return
+    train, heldout = split_counts(options.data, options.text_field, options.heldout_fraction, options.seed)
+    share = f"--heldout-fraction {options.heldout_fraction:g}"
+    if options.report and options.eval_data is None and heldout == 0:
+        raise EmbcompressError(
+            f"the held-out split ({share}) of --data '{options.data}' is empty ({train} document(s) in all); "
+            "the report needs held-out text: add documents (blank-line separated paragraphs) or pass --eval-data"
+        )
+    if (options.domain or options.distilling) and train == 0:
+        raise EmbcompressError(
+            f"the training split of --data '{options.data}' is empty ({heldout} held-out document(s)); add "
+            "documents (blank-line separated paragraphs) or lower --heldout-fraction"
+        )
+
+
+def check_training_windows(tokenizer: Any, kind: ModelKind, positions: int | None, options: CompressOptions) -> None:
+    """Distillation needs one batch of training windows from ``--data``: tokenized until that many are found."""
+    config = recipe_distill_config(kind, positions, options)
+    corpus = CorpusBatches(options.data, tokenizer, config, per_document=kind == ModelKind.ENCODER)
+    found = sum(1 for _ in itertools.islice(corpus.windows("train"), config.batch_size))
+    if found < config.batch_size:
+        unit = "documents" if kind == ModelKind.ENCODER else f"windows of {config.seq_len} tokens"
+        raise EmbcompressError(
+            f"--data '{options.data}' is too small to distil on: its training split gives {found} of the "
+            f"{config.batch_size} {unit} one batch needs; add text, or pass --no-distill"
+        )
+
+
+def check_before_loading(model_name: str, options: CompressOptions, load: LoadOptions) -> None:
+    """Everything the config, the tokenizer and the text can tell in seconds, before the weights are loaded:
+    budget, hidden size, data splits, enough training text (``options`` already checked their own values and
+    that the data holds UTF-8 text). A config that cannot be read is left to the loader."""
+    check_splits(options)
+    source = resolve_source(model_name, load.gguf_file)
+    try:
+        kwargs = hf_kwargs(source, load.trust_remote_code)
+        hf_config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    text = hf_config.get_text_config()
+    rows, cols = getattr(text, "vocab_size", None), getattr(text, "hidden_size", None)
+    if isinstance(rows, int) and isinstance(cols, int) and rows > 0 and cols > 0:
+        check_budget(rows, cols, options)
+    kind = kind_of_class(model_class(hf_config, bool(source.gguf_file)).__name__, hf_config.is_encoder_decoder)
+    if options.data is not None and options.distilling and kind is not None:
+        tokenizer = load_tokenizer(source, load.trust_remote_code)
+        if tokenizer is not None:
+            check_training_windows(tokenizer, kind, config_positions(text), options)
 
 
 def original_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -600,6 +690,7 @@ def compress_checkpoint(
     out_path = Path(out)
     options.check()
     check_output_dir(out_path, overwrite)
+    check_before_loading(model_name, options, load)
     data = [options.data, options.eval_data, options.ood_data]
     inputs = input_paths(model_name, paths=data, gguf_file=load.gguf_file)
     with reserve_output(out_path, overwrite, inputs):

@@ -7,6 +7,7 @@ corpus is read one document at a time, never whole into memory.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import itertools
 import json
@@ -54,6 +55,53 @@ def _read_text(file: Path) -> Iterator[str]:
                     yield text
     except UnicodeDecodeError:
         raise EmbcompressError(f"data file '{file}' is not UTF-8 text") from None
+
+
+def check_text_files(path: str | Path) -> list[Path]:
+    """Every file of the corpus decodes as UTF-8 and is not binary (parquet excepted): read once, in
+    chunks, before any model is loaded, so a bad file late in a folder fails in seconds, not after the work."""
+    files = corpus_files(path)
+    for file in files:
+        if file.suffix != ".parquet":
+            _check_utf8(file)
+    return files
+
+
+def _check_utf8(file: Path, chunk: int = 1 << 20) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with file.open("rb") as handle:
+        while block := handle.read(chunk):
+            if offset == 0 and b"\x00" in block[:4096]:
+                raise EmbcompressError(f"data file '{file}' looks binary, not text; remove it from the data")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise EmbcompressError(
+                    f"data file '{file}' is not UTF-8 text (byte {offset + exc.start}); convert it "
+                    "(e.g. iconv -t UTF-8) or remove it from the data"
+                ) from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise EmbcompressError(f"data file '{file}' is not UTF-8 text (it ends inside a character)") from None
+
+
+def split_counts(
+    path: str | Path, text_field: str | None, heldout_fraction: float, seed: int, enough: int = 1
+) -> tuple[int, int]:
+    """Documents of the ``train`` and ``heldout`` splits (:func:`split_documents`), counted until both
+    reach ``enough``."""
+    train = heldout = 0
+    for doc in iter_documents(path, text_field):
+        if is_heldout(doc, heldout_fraction, seed):
+            heldout += 1
+        else:
+            train += 1
+        if train >= enough and heldout >= enough:
+            break
+    return train, heldout
 
 
 def _text_of(record: Any, file: Path, field: str | None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .data import count_tokens, iter_documents
+from .data import check_text_files, count_tokens, iter_documents
 from .errors import EmbcompressError
 from .options import Options
 
@@ -48,7 +48,8 @@ class FrequencyOptions(Options):
             raise EmbcompressError(f"frequency max_tokens must be a positive integer, got {self.max_tokens}")
 
     def check(self) -> None:
-        """Fail early (before any model is loaded) on a corpus with no text."""
+        """Fail early (before any model is loaded) on a corpus with no text or a file that is not UTF-8 text."""
+        check_text_files(self.path)
         if next(iter_documents(self.path, self.text_field), None) is None:
             raise EmbcompressError(f"frequency data '{self.path}' holds no text")
 

@@ -23,8 +23,12 @@ class ModelKind(str, Enum):
 def detect_kind(model: nn.Module) -> ModelKind | None:
     """The kind of ``model``, or ``None`` for what embcompress does not evaluate (encoder-decoders, heads
     for classification...)."""
-    name = type(model).__name__
-    if getattr(model.config, "is_encoder_decoder", False):
+    return kind_of_class(type(model).__name__, getattr(model.config, "is_encoder_decoder", False))
+
+
+def kind_of_class(name: str, is_encoder_decoder: bool = False) -> ModelKind | None:
+    """:func:`detect_kind` from a model class name (and its config's ``is_encoder_decoder``), before loading."""
+    if is_encoder_decoder:
         return None
     if name.endswith(("ForCausalLM", "LMHeadModel")):
         return ModelKind.CAUSAL_LM

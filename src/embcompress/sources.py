@@ -228,7 +228,7 @@ def load_model(
         )
     if quant == QUANT_METHOD:
         check_checkpoint(source.path)  # the one validator: config, factor names and shapes
-    kwargs = _hf_kwargs(source, trust_remote_code)
+    kwargs = hf_kwargs(source, trust_remote_code)
     try:
         config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
         cls = model_class(config, bool(source.gguf_file))
@@ -259,7 +259,7 @@ def _from_safetensors(cls: type, source: ModelSource, dtype: torch.dtype, kwargs
     return model
 
 
-def _hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
+def hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
     """What every transformers loader is given for ``source``: the GGUF file (if any) and ``trust_remote_code``."""
     return {"trust_remote_code": trust_remote_code, **({"gguf_file": source.gguf_file} if source.gguf_file else {})}
 
@@ -267,7 +267,7 @@ def _hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any | None:
     """The tokenizer of ``source``, or ``None`` when the folder has none."""
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(source.path), **_hf_kwargs(source, trust_remote_code))
+        return transformers.AutoTokenizer.from_pretrained(str(source.path), **hf_kwargs(source, trust_remote_code))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("no tokenizer loaded from %s: %s", source.path, str(exc).splitlines()[0])
         return None

@@ -58,8 +58,8 @@ def test_compress_json_is_machine_readable(tmp_path: Path, teacher: Path) -> Non
     ("extra", "needle"),
     [
         (["--ratio", "0.5"], "--ratio must be above 1"),
-        (["--ratio", "50", "--domain"], "--ratio is too high for a 96x16 embedding"),
-        (["--ratio", "50"], "leaves no bits for the codes"),
+        (["--ratio", "50", "--domain"], "--ratio 50 leaves 122 bytes for a 96x16 embedding, below its smallest code"),
+        (["--ratio", "50"], "below its smallest code (604 bytes); use --ratio 10.1 or lower"),
         (["--data", "/no/such/text"], "/no/such/text"),
         (["--domain", "--dense-rows", "10", "--tail-rank", "99"], "--tail-rank must be between 1 and 16, got 99"),
     ],

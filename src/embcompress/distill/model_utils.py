@@ -92,7 +92,12 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def max_positions(model: nn.Module) -> int | None:
-    limits = (getattr(model.config, name, None) for name in ("max_position_embeddings", "n_positions", "max_seq_len"))
+    return config_positions(model.config)
+
+
+def config_positions(config: Any) -> int | None:
+    """The position limit a model config declares (``None``: none)."""
+    limits = (getattr(config, name, None) for name in ("max_position_embeddings", "n_positions", "max_seq_len"))
     return next((n for n in limits if isinstance(n, int) and n > 0), None)
 
 

@@ -25,7 +25,7 @@ from ..checkpoint import (
     write_checkpoint,
 )
 from ..checkpoint import load as load_compressed
-from ..data import iter_documents
+from ..data import check_text_files, iter_documents
 from ..errors import CheckpointError, EmbcompressError
 from ..kinds import ModelKind, model_kind
 from ..outputs import reserve_output
@@ -44,6 +44,7 @@ def check_data(data: str | os.PathLike[str] | None, config: DistillConfig, cachi
         raise EmbcompressError("--cache-teacher needs --data (data-free batches are never repeated)")
     if data is None:
         return
+    check_text_files(data)
     if next(iter_documents(data, config.text_field), None) is None:
         raise EmbcompressError(f"the data in '{data}' holds no text")
 
