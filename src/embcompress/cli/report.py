@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..checkpoint import load as load_compressed
 from ..checkpoint import read_compression_config
+from ..data import check_text_files
 from ..errors import CheckpointError, EmbcompressError
 from ..outputs import atomic_output, check_output
 from ..report import EvalOptions, ReportOptions, build_report, report_json, to_html, to_markdown
@@ -116,6 +117,9 @@ def report(
     if fmt not in FORMATS:
         raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
     check_html_path(html_out, overwrite)
+    for text in (data, freq_data):
+        if text is not None:
+            check_text_files(text)  # a bad file fails now, not after both models are loaded
     inputs: list[Path] = []
     if html_out is not None:
         inputs = [*input_paths(student, paths=[data, freq_data]), *input_paths(teacher, gguf_file=gguf_file)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from ..data import check_text_files
 from ..outputs import atomic_output, check_output
 from ..report import ReportOptions, SweepGrid, prepare_evaluation, report_json, run_sweep, sweep_html
 from ..report.render import sweep_tables
@@ -65,6 +66,9 @@ def sweep(
     check_html_path(html_out, overwrite)
     if save_dir is not None:
         check_output(save_dir, overwrite, label="--save-dir")
+    for text in (data, freq_data):
+        if text is not None:
+            check_text_files(text)
     inputs: list[Path] = []
     if html_out is not None or save_dir is not None:
         inputs = input_paths(model, paths=[data, freq_data], gguf_file=gguf_file)
