@@ -91,8 +91,12 @@ def build_meta(config: CompressionConfig) -> dict[str, nn.Module]:
     """The empty modules ``config`` describes, on the meta device; a config they cannot be built from is one line."""
     try:
         return build_modules(config, torch.float32, device="meta")
-    except EmbcompressError:
+    except CheckpointError:
         raise
+    except EmbcompressError as exc:
+        raise CheckpointError(
+            f"invalid quantization_config in config.json: {exc} (re-create the checkpoint with embcompress)"
+        ) from None
     except _BUILD_ERRORS as exc:
         raise CheckpointError(
             f"invalid quantization_config in config.json: its modules cannot be built ({type(exc).__name__}: "
