@@ -132,6 +132,8 @@ def resolve_source(name: str, gguf_file: str | None = None) -> ModelSource:
 def source_paths(source: ModelSource) -> list[Path]:
     """What reading ``source`` touches on disk, for the output guard: a local GGUF file itself, else the
     model folder (a packaged model's folder, a hub snapshot)."""
+    if source.path is None:  # an in-memory model described without a folder
+        return []
     if source.kind == "local" and source.gguf_file:
         return [source.path / source.gguf_file]
     return [source.path]
