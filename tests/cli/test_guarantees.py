@@ -30,7 +30,7 @@ from helpers.guarantees import (
     cli_error,
     invoke,
     leftovers,
-    run_cli,
+    run_cli_batch,
     tree_hashes,
 )
 from helpers.models import requires_minilm
@@ -105,18 +105,16 @@ def _hub_cache(root: Path, source: Path) -> tuple[Path, Path]:
     return repo, snapshot
 
 
-@pytest.mark.parametrize("where", ["snapshot", "blobs", "repo"])
-def test_case01_output_inside_the_hub_cache_of_the_input_is_refused(
-    models: dict[str, Path], tmp_path: Path, where: str
-) -> None:
+def test_case01_output_inside_the_hub_cache_of_the_input_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
     repo, snapshot = _hub_cache(tmp_path / "hub", models["teacher"])
-    out = {"snapshot": snapshot, "blobs": repo / "blobs" / "out", "repo": repo}[where]
+    outs = [snapshot, repo / "blobs" / "out", repo]
     before = tree_hashes(repo)
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    proc = run_cli("factorize", "tiny/model", "--rank", "4", "-o", out, "--overwrite", env=env)
-    cli_error(proc, f"output '{out}' overlaps the input", "choose an output folder outside the input")
-    assert tree_hashes(repo) == before and (where != "blobs" or not out.exists())
-    assert leftovers(out.parent) == []
+    commands = [["factorize", "tiny/model", "--rank", "4", "-o", out, "--overwrite"] for out in outs]
+    for out, result in zip(outs, run_cli_batch(commands, env), strict=True):
+        cli_error(result, f"output '{out}' overlaps the input", "choose an output folder outside the input")
+        assert leftovers(out.parent) == []
+    assert tree_hashes(repo) == before and not (repo / "blobs" / "out").exists()
 
 
 # -- 2. distill's teacher and student are inputs --------------------------------------------------------
@@ -242,21 +240,27 @@ def test_case06_nan_factors_are_refused_by_load_report_and_inspect(models: dict[
 
 PLAIN_LOAD = """
 import sys, transformers
-transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], ignore_mismatched_sizes=sys.argv[2] == "1")
+for ignore in (False, True):
+    try:
+        transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], ignore_mismatched_sizes=ignore)
+        print("loaded")
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+assert not any(name.startswith("embcompress") for name in sys.modules)
 """
 
 
-@pytest.mark.parametrize("ignore", ["0", "1"])
-def test_case07_plain_loading_fails_loudly_even_with_ignore_mismatched_sizes(
-    models: dict[str, Path], ignore: str
-) -> None:
+def test_case07_plain_loading_fails_loudly_even_with_ignore_mismatched_sizes(models: dict[str, Path]) -> None:
     before = tree_hashes(models["student"])
     proc = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(models["student"]), ignore], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PLAIN_LOAD, str(models["student"])], capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert LOAD_GUARD_FILE in last and "pip-install-embcompress-then-import-embcompress" in last, last
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and "loaded" not in lines, lines  # without and with ignore_mismatched_sizes=True
+    for line in lines:
+        assert line.startswith("FileNotFoundError") and LOAD_GUARD_FILE in line, line
+    assert "pip-install-embcompress-then-import-embcompress" in LOAD_GUARD_FILE
     assert tree_hashes(models["student"]) == before
     # after the import the same call loads the real weights
     model = transformers.AutoModelForCausalLM.from_pretrained(str(models["student"]), ignore_mismatched_sizes=True)
@@ -307,23 +311,15 @@ def _limit_file_size() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
 
 
-@pytest.mark.parametrize("command", ["factorize", "compress", "export --dense"])
-def test_case08_a_failing_write_is_one_line_and_leaves_nothing(
-    models: dict[str, Path], tmp_path: Path, command: str
-) -> None:
-    out = tmp_path / "out"
+def test_case08_a_failing_write_is_one_line_and_leaves_nothing(models: dict[str, Path], tmp_path: Path) -> None:
+    """Files may not grow past 8 KiB in the subprocess (RLIMIT_FSIZE): writes fail with EFBIG, no root needed."""
+    outs = {name: tmp_path / name.replace(" --", "-") for name in ("factorize", "compress", "export --dense")}
     before = tree_hashes(models["teacher"], models["student"])
-    args = [str(a) for a in _write_commands(models, out)[command]]
-    proc = subprocess.run(
-        [sys.executable, "-m", "embcompress", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=_limit_file_size,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    cli_error(proc, f"cannot write output '{out}': .*File too large", "nothing was written")
-    assert_nothing_written([out], before, [models["teacher"], models["student"]])
+    commands = [_write_commands(models, out)[name] for name, out in outs.items()]
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    for out, result in zip(outs.values(), run_cli_batch(commands, env, preexec_fn=_limit_file_size), strict=True):
+        cli_error(result, f"cannot write output '{out}': .*File too large", "nothing was written")
+    assert_nothing_written(outs.values(), before, [models["teacher"], models["student"]])
 
 
 # -- 9. crafted quantization_config -----------------------------------------------------------------------

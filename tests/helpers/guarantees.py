@@ -5,6 +5,7 @@ staging copy or lock left behind."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -25,15 +26,37 @@ def invoke(*args: object) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (``python -m embcompress``)."""
-    return subprocess.run(
-        [sys.executable, "-m", "embcompress", *map(str, args)],
+BATCH = """
+import json, sys
+from typer.testing import CliRunner
+from embcompress.cli import app
+results = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(app, args)
+    results.append({"code": result.exit_code, "stderr": result.stderr})
+print(json.dumps(results))
+"""
+
+
+def run_cli_batch(
+    commands: list[list[object]], env: dict[str, str] | None = None, **popen: object
+) -> list[subprocess.CompletedProcess]:
+    """Several CLI invocations (CliRunner) in one fresh subprocess: its environment (``env``, resource
+    limits through ``preexec_fn``) applies to all of them, and Python starts once."""
+    args = json.dumps([[str(a) for a in command] for command in commands])
+    proc = subprocess.run(
+        [sys.executable, "-c", BATCH, args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=600,
         env={**os.environ, **(env or {})},
+        **popen,  # type: ignore[arg-type]
     )
+    assert proc.returncode == 0, proc.stderr
+    return [
+        subprocess.CompletedProcess(c, r["code"], "", r["stderr"])
+        for c, r in zip(commands, json.loads(proc.stdout.splitlines()[-1]), strict=True)
+    ]
 
 
 def tree_hashes(*roots: Path) -> dict[str, str]:
