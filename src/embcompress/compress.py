@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import logging
 import math
 import tempfile
@@ -35,9 +34,8 @@ from .checkpoint import check_output_dir, write_checkpoint, write_json
 from .codec import BAND, total_nbytes
 from .data import count_tokens, iter_documents, split_counts, split_documents
 from .distill import DistillConfig, distill_model, make_accelerator
-from .distill.batches import CorpusBatches
 from .distill.model_utils import config_positions, max_positions
-from .distill.pipeline import check_data, check_seq_len
+from .distill.pipeline import check_data, check_seq_len, check_training_text
 from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
@@ -410,14 +408,7 @@ def check_splits(options: CompressOptions) -> None:
 def check_training_windows(tokenizer: Any, kind: ModelKind, positions: int | None, options: CompressOptions) -> None:
     """Distillation needs one batch of training windows from ``--data``: tokenized until that many are found."""
     config = recipe_distill_config(kind, positions, options)
-    corpus = CorpusBatches(options.data, tokenizer, config, per_document=kind == ModelKind.ENCODER)
-    found = sum(1 for _ in itertools.islice(corpus.windows("train"), config.batch_size))
-    if found < config.batch_size:
-        unit = "documents" if kind == ModelKind.ENCODER else f"windows of {config.seq_len} tokens"
-        raise EmbcompressError(
-            f"--data '{options.data}' is too small to distil on: its training split gives {found} of the "
-            f"{config.batch_size} {unit} one batch needs; add text, or pass --no-distill"
-        )
+    check_training_text(options.data, tokenizer, config, kind, "pass --no-distill")  # type: ignore[arg-type]
 
 
 def check_before_loading(model_name: str, options: CompressOptions, load: LoadOptions) -> None:

@@ -407,13 +407,19 @@ def test_case11_one_paragraph_of_data_fails_before_loading(unloadable_teacher: P
     assert_nothing_written([out], before, [unloadable_teacher, one])
 
 
-def test_case11_too_little_text_to_distil_fails_before_loading(unloadable_teacher: Path, tmp_path: Path) -> None:
+def test_case11_too_little_text_to_distil_fails_before_loading(
+    models: dict[str, Path], unloadable_teacher: Path, tmp_path: Path
+) -> None:
     few = write_text(tmp_path / "few.txt", docs=30, words=3)
+    student = _copy(models["student"], tmp_path / "s")
+    _garbage_weights(student)
     out = tmp_path / "out"
-    before = tree_hashes(unloadable_teacher, few)
+    before = tree_hashes(unloadable_teacher, student, few)
     result = invoke("compress", unloadable_teacher, "--ratio", "2", "--domain", "--data", few, "-o", out)
     cli_error(result, f"--data '{few}' is too small to distil on", "windows of .* tokens", "pass --no-distill")
-    assert_nothing_written([out], before, [unloadable_teacher, few])
+    result = invoke("distill", student, "-t", unloadable_teacher, "--data", few, "-o", out)
+    cli_error(result, f"--data '{few}' is too small to distil on", "lower --batch-size / --seq-len")
+    assert_nothing_written([out], before, [unloadable_teacher, student, few])
 
 
 @pytest.mark.parametrize("command", ["compress", "factorize", "distill", "report"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -27,10 +28,10 @@ from ..checkpoint import (
 from ..checkpoint import load as load_compressed
 from ..data import check_text_files, iter_documents
 from ..errors import CheckpointError, EmbcompressError
-from ..kinds import ModelKind, model_kind
+from ..kinds import ModelKind, kind_of_class, model_kind
 from ..outputs import reserve_output
 from ..progress import LoggingReporter, Reporter
-from ..sources import LoadOptions, ModelSource, input_paths, load_source
+from ..sources import LoadOptions, ModelSource, input_paths, load_source, model_class
 from .batches import Batch, CorpusBatches, RandomTokenBatches, SampledBatches
 from .cache import TeacherCache
 from .config import DistillConfig
@@ -47,6 +48,31 @@ def check_data(data: str | os.PathLike[str] | None, config: DistillConfig, cachi
     check_text_files(data)
     if next(iter_documents(data, config.text_field), None) is None:
         raise EmbcompressError(f"the data in '{data}' holds no text")
+
+
+def check_training_text(
+    data: str | os.PathLike[str], tokenizer: Any, config: DistillConfig, kind: str, hint: str
+) -> None:
+    """One batch of training windows must come out of ``data``'s training split (tokenized only until it does)."""
+    corpus = CorpusBatches(data, tokenizer, config, per_document=kind == ModelKind.ENCODER)
+    found = sum(1 for _ in itertools.islice(corpus.windows("train"), config.batch_size))
+    if found < config.batch_size:
+        unit = "documents" if kind == ModelKind.ENCODER else f"windows of {config.seq_len} tokens"
+        raise EmbcompressError(
+            f"--data '{data}' is too small to distil on: its training split gives {found} of the "
+            f"{config.batch_size} {unit} one batch needs; add text, or {hint}"
+        )
+
+
+def _check_student_text(student: Path, data: str | os.PathLike[str] | None, config: DistillConfig) -> None:
+    """:func:`check_training_text` with the student's tokenizer and class, before any weights are loaded."""
+    if data is None or not has_tokenizer(student):
+        return
+    hf_config = transformers.AutoConfig.from_pretrained(str(student))
+    kind = kind_of_class(model_class(hf_config, is_gguf=False).__name__, hf_config.is_encoder_decoder)
+    if kind is not None:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(student))
+        check_training_text(data, tokenizer, config, kind, "lower --batch-size / --seq-len")
 
 
 def load_student(folder: str | os.PathLike[str], device: str) -> tuple[nn.Module, Any | None, dict[str, Any]]:
@@ -221,6 +247,7 @@ def distill_checkpoint(
     if not Path(student).is_dir():
         raise CheckpointError(f"student '{student}' is not a folder; pass the output of `embcompress factorize`")
     read_compression_config(Path(student))
+    _check_student_text(Path(student), data, config)
     inputs = [Path(student), *input_paths(teacher, paths=[data, cache_dir], gguf_file=load.gguf_file)]
     check_output_dir(out_path, overwrite, inputs)
     states = Path(state_dir) if state_dir else out_path.with_name(out_path.name + ".distill")
