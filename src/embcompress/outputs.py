@@ -302,6 +302,8 @@ def atomic_output(
 def write_failure(path: Path, exc: BaseException, label: str = "output") -> str:
     """One line for a failed write: the reason, the free space left, and that nothing was written."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    code = re.search(r"\(os error (\d+)\)", reason)  # safetensors wraps the OS error in its own message
+    reason = os.strerror(int(code.group(1))) if code else reason
     try:
         free = f"; {shutil.disk_usage(_absolute(path).parent).free / 1e6:.1f} MB free there"
     except OSError:
