@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "embcompress.methods": 4,
     # model surgery and the transformers quantizer hook
     "embcompress.surgery": 5,
+    "embcompress.sentence": 5,
     "embcompress.hf_integration": 5,
     # loading sources, model cards, data and token frequencies
     "embcompress.sources": 6,

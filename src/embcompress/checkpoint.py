@@ -27,6 +27,7 @@ from .errors import CheckpointError, EmbcompressError
 from .hf_integration import EmbcompressQuantizationConfig, load_guard_keys, load_guard_tensors
 from .kinds import detect_kind
 from .modules import CompressedEmbedding
+from .sentence import attach_pipeline, load_pipeline, module_folders
 from .sources import WEIGHT_SUFFIXES, ModelSource, check_safetensors, model_class
 from .surgery import build_modules
 from .version import __version__
@@ -116,14 +117,16 @@ def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def copy_aux_files(source_dir: Path | None, dest: Path) -> None:
-    """Copy tokenizer and other non-weight files (sentence-transformers layout included)."""
+    """Copy tokenizer and other non-weight files, and every sentence-transformers module folder of
+    ``modules.json`` whole (a Dense module keeps its own weights)."""
     if source_dir is None or not source_dir.is_dir():
         return
+    modules = module_folders(source_dir)
     for item in source_dir.iterdir():
         if item.name in _SKIP_COPY or item.name.startswith(".") or item.suffix in WEIGHT_SUFFIXES:
             continue
         if item.is_dir():
-            if not any(p.suffix in WEIGHT_SUFFIXES for p in item.rglob("*")):
+            if item.name in modules or not any(p.suffix in WEIGHT_SUFFIXES for p in item.rglob("*")):
                 shutil.copytree(item, dest / item.name)
         else:
             shutil.copy2(item, dest / item.name)
@@ -294,7 +297,8 @@ def load(
 
     Plain ``AutoModel*.from_pretrained`` also works after ``import embcompress``, but it silently
     re-initialises missing weights; this function checks the files first. ``dtype`` defaults to the
-    dtype saved in ``config.json`` (``"auto"``), as plain ``from_pretrained`` does.
+    dtype saved in ``config.json`` (``"auto"``), as plain ``from_pretrained`` does. A sentence-transformers
+    folder's pipeline (``modules.json``) is attached to the model (:mod:`embcompress.sentence`).
     """
     path = Path(folder)
     if not path.is_dir():
@@ -309,7 +313,7 @@ def load(
     bad = sorted(set(info.get("missing_keys", [])) & expected_factor_keys(config))
     if bad:
         raise CheckpointError(f"factor tensor(s) not loaded from '{folder}': {', '.join(bad[:5])}")
-    return model.to(device).eval()
+    return attach_pipeline(model.to(device).eval(), load_pipeline(path))
 
 
 def write_checkpoint(

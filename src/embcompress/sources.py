@@ -22,6 +22,7 @@ from torch import nn
 from .errors import CheckpointError, EmbcompressError, ModelSourceError
 from .options import Options
 from .progress import LoggingReporter, Reporter
+from .sentence import attach_pipeline, load_pipeline, transformers_class
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def resolve_hub(name: str) -> ModelSource:
     """Resolve a hub id through the local cache, going online only if the cache misses."""
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*", "*.gguf"]
+    # the root files and every sentence-transformers module folder (1_Pooling, 2_Dense, ...)
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "[0-9]*_*/*", "*.gguf"]
     try:
         path = snapshot_download(name, allow_patterns=patterns, local_files_only=True)
     except Exception:
@@ -200,14 +202,51 @@ def load_model(
     kwargs = _hf_kwargs(source, trust_remote_code)
     try:
         config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
-        cls = model_class(config, bool(source.gguf_file))
-        safetensors = {} if source.gguf_file else {"use_safetensors": True}
-        model = cls.from_pretrained(str(source.path), dtype=dtype, **safetensors, **kwargs)
+        if source.gguf_file:
+            model = model_class(config, True).from_pretrained(str(source.path), dtype=dtype, **kwargs)
+        else:
+            model = _load_safetensors_model(source, config, dtype, kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
     if source.gguf_file:
-        model = _rebuild_without_quantizer(model, dtype)
-    return model.to(device).eval()
+        return _rebuild_without_quantizer(model, dtype).to(device).eval()
+    return attach_pipeline(model.to(device).eval(), load_pipeline(source.path))
+
+
+def _load_safetensors_model(
+    source: ModelSource, config: transformers.PretrainedConfig, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> nn.Module:
+    """The model a folder's users load: for a sentence-transformers folder the class its Transformer module
+    loads (``AutoModel``), else the architecture of ``config.json``; never a head the weights do not hold."""
+    named = (getattr(config, "architectures", None) or ["?"])[0]
+    cls = transformers_class(source.path)
+    if cls is None:
+        cls = model_class(config, False)
+    path, options = str(source.path), {"dtype": dtype, "use_safetensors": True, **kwargs}
+    model, info = cls.from_pretrained(path, output_loading_info=True, **options)
+    absent = missing_head_keys(model, info.get("missing_keys", []))
+    if absent:
+        model = transformers.AutoModel.from_pretrained(path, config=config, **options)
+        logger.warning(
+            "config.json of '%s' names %s, but its weights hold no head (%s missing): loaded as the bare %s, "
+            "no head built or compressed",
+            source.name, named, ", ".join(absent[:3]), type(model).__name__,
+        )  # fmt: skip
+    elif named not in ("?", type(model).__name__) and transformers_class(source.path) is not None:
+        logger.warning(
+            "config.json of '%s' names %s; loaded as %s, the model its sentence-transformers Transformer module loads",
+            source.name, named, type(model).__name__,
+        )  # fmt: skip
+    return model
+
+
+def missing_head_keys(model: nn.Module, missing: list[str]) -> list[str]:
+    """Missing weights outside the base model of a model with a head (``cls.*``, ``lm_head.*``): a head
+    the checkpoint does not hold, which ``from_pretrained`` would initialise at random."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or getattr(model, "base_model", model) is model:
+        return []
+    return sorted(key for key in missing if not key.startswith(f"{prefix}."))
 
 
 def _hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
