@@ -23,6 +23,8 @@ from ..errors import EmbcompressError
 from ..kinds import detect_kind
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
+from ..sentence import describe as describe_pipeline
+from ..sentence import pipeline_of
 from ..sizes import unique_tensors
 from ..spectral import energy_curve, singular_values
 from ..surgery import find_targets
@@ -128,10 +130,19 @@ def prepare_evaluation(
     evaluation = Evaluation(task, counts, buckets, special_ids=list(tokenizer.all_special_ids), data=info)
     if data is None or task is None:
         return evaluation
-    eval_set = build_eval_set(task, tokenizer, _docs(data, options), options.eval)
+    pipeline = pipeline_of(teacher) if task == "encoder" else None
+    pipeline = pipeline.with_tokenizer(tokenizer) if pipeline is not None else None
+    docs = _docs(data, options)
+    if pipeline is not None and pipeline.prompt:
+        docs = (pipeline.prompt + doc for doc in docs if doc.strip())
+    eval_set = build_eval_set(task, tokenizer, docs, options.eval)
     info["eval"] = eval_set.describe()
+    if task == "encoder":
+        info["sentence_embedding"] = describe_pipeline(pipeline)
     with reporter.stage("teacher outputs", total=len(eval_set.batches)):
-        evaluation.teacher = teacher_outputs(teacher, eval_set, options.eval.neighbours, reporter.advance)
+        evaluation.teacher = teacher_outputs(
+            teacher, eval_set, options.eval.neighbours, reporter.advance, pipeline=pipeline
+        )
     return evaluation
 
 

@@ -223,6 +223,8 @@ def provenance_table(report: dict[str, Any]) -> TableData:
     if data and data.get("eval"):
         ev = data["eval"]
         table.rows.append(["evaluation text", f"{data['path']}: {ev['sequences']} sequences, {ev['tokens']} tokens"])
+    if data and data.get("sentence_embedding"):
+        table.rows.append(["sentence embedding", data["sentence_embedding"]])
     if data:
         table.rows.append(["frequency counts", f"{data['freq_path']}: {fmt(data['frequency_tokens'])} tokens"])
     return table
