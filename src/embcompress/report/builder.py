@@ -35,6 +35,7 @@ from .evalset import EvalOptions, build_eval_set
 from .fidelity import matrix_fidelity, quantized_rows, rows_of
 from .size import files_on_disk, model_size, module_size
 from .speed import measure_speed
+from .verdict import compare_variants, compared_metrics, headline
 
 logger = logging.getLogger(__name__)
 
@@ -290,45 +291,35 @@ def primary_value(
     return "relative_error", False, fidelity["input"].get("relative_error")
 
 
-def _better_eq(a: float, b: float, higher: bool) -> bool:
-    return a >= b if higher else a <= b
-
-
 def glance_section(report: dict[str, Any]) -> dict[str, Any]:
-    """Student vs each reference: embedding bytes and the primary metric, with a one-line verdict."""
+    """Student vs each reference: embedding bytes and every compared metric, one comparison per reference
+    and a one-line verdict over all of them (:mod:`embcompress.report.verdict`)."""
     metric, higher, value = primary_value(report["task"], report["behaviour"], report["fidelity"])
+    metrics = compared_metrics(report)
     size = report["size"]["embedding"]
     weights = max(size["params_before"], 1)
 
-    def row(name: str, nbytes: int, value: Any) -> dict[str, Any]:
-        return {"name": name, "embedding_bytes": nbytes, "value": value, "bits_per_weight": 8 * nbytes / weights}
+    def row(name: str, nbytes: int, variant: dict[str, Any] | None, value: Any) -> dict[str, Any]:
+        values = {m.name: m.value(variant) for m in metrics} if variant is not None else {}
+        bits = 8 * nbytes / weights
+        return {"name": name, "embedding_bytes": nbytes, "value": value, "values": values, "bits_per_weight": bits}
 
-    rows = [row("original", size["bytes_before"], None), row("student", size["bytes_after"], value)]
-    rows += [
-        row(ref["name"], ref["embedding_bytes"], primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2])
+    rows = [row("original", size["bytes_before"], None, None), row("student", size["bytes_after"], report, value)]
+    for ref in report["references"]:
+        ref_value = primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2]
+        rows.append(row(ref["name"], ref["embedding_bytes"], ref, ref_value))
+    comparisons = [
+        compare_variants(metrics, report, ref, ref["name"], (size["bytes_after"], ref["embedding_bytes"]))
         for ref in report["references"]
     ]
-    return {"metric": metric, "higher_is_better": higher, "rows": rows, "verdict": verdict(rows[1], rows[2:], higher)}
-
-
-def verdict(student: dict[str, Any], refs: list[dict[str, Any]], higher: bool) -> str:
-    """Plain-language comparison of the student with the quantization references."""
-    if student["value"] is None or not refs:
-        return "no comparison available"
-    b, v = student["embedding_bytes"], student["value"]
-    beaten_by = [r["name"] for r in refs if r["embedding_bytes"] <= b and _better_eq(r["value"], v, higher)]
-    if beaten_by:
-        names = " and ".join(beaten_by)
-        return f"{names} quantization is at least as good at no more bytes: the compression did not pay off"
-    beats = [r["name"] for r in refs if b <= r["embedding_bytes"] and _better_eq(v, r["value"], higher)]
-    if beats:
-        text = f"the compressed model beats {' and '.join(beats)} quantization at equal or fewer bytes"
-        larger = [r["name"] for r in refs if r["embedding_bytes"] > b and not _better_eq(v, r["value"], higher)]
-        return text + (f"; {' and '.join(larger)} quantization is better at more bytes" if larger else "")
-    smaller = [r["name"] for r in refs if b < r["embedding_bytes"]]
-    if smaller:
-        return f"trade-off: smaller than {' and '.join(smaller)} but worse; no quantization point dominates"
-    return "trade-off: better than the smaller quantization points but larger; no point dominates"
+    return {
+        "metric": metric,
+        "higher_is_better": higher,
+        "metrics": [{"name": m.name, "higher_is_better": m.higher_is_better} for m in metrics],
+        "rows": rows,
+        "comparisons": [c.to_dict() for c in comparisons],
+        "verdict": headline(comparisons),
+    }
 
 
 def spectrum_section(pairs: list[MatrixPair], max_points: int = 4096) -> dict[str, Any]:

@@ -38,16 +38,25 @@ def ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _direction(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
 def glance_table(report: dict[str, Any]) -> TableData:
+    """Bytes, every metric the verdict compares, and how the compressed model fares against each variant."""
     g = report["glance"]
-    better = "higher is better" if g["higher_is_better"] else "lower is better"
-    header = ["variant", "embedding bytes", "bits/weight", f"{g['metric']} ({better})"]
-    table = TableData("At a glance", header, caption=g["verdict"])
+    metrics = g.get("metrics") or [{"name": g["metric"], "higher_is_better": g["higher_is_better"]}]
+    versus = {c["reference"]: c for c in g.get("comparisons", [])}
+    header = ["variant", "embedding bytes", "bits/weight"]
+    header += [f"{m['name']} {_direction(m['higher_is_better'])}" for m in metrics]
+    title = "At a glance (↑ higher is better, ↓ lower is better)"
+    table = TableData(title, [*header, "compressed model vs this"], caption=g["verdict"])
     for row in g["rows"]:
         bpw = row.get("bits_per_weight")
-        table.rows.append(
-            [row["name"], mb(row["embedding_bytes"]), "-" if bpw is None else f"{bpw:.2f}", fmt(row["value"])]
-        )
+        values = row.get("values") or {g["metric"]: row["value"]}
+        cells = [row["name"], mb(row["embedding_bytes"]), "-" if bpw is None else f"{bpw:.2f}"]
+        cells += [fmt(values.get(m["name"])) for m in metrics]
+        table.rows.append([*cells, versus.get(row["name"], {}).get("summary", "")])
     return table
 
 
