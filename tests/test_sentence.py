@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,16 @@ def test_copy_aux_files_copies_module_folders_with_their_weights_only(tmp_path: 
     copy_aux_files(stray, out)
     assert (out / "2_Dense" / "model.safetensors").is_file() and not (out / "checkpoint-1").exists()
     assert not (out / "model.safetensors").exists()
+
+
+def test_lower_casing_and_the_truncation_length_follow_the_transformer_module(
+    tmp_path: Path, pipeline_dir: Path
+) -> None:
+    folder = tmp_path / "lower"
+    shutil.copytree(pipeline_dir, folder)
+    settings = json.loads((folder / "sentence_bert_config.json").read_text())
+    (folder / "sentence_bert_config.json").write_text(json.dumps({**settings, "do_lower_case": True}))
+    texts = ["The RED Cat sees A dog .", " ".join(["every dog"] * 40)]  # the second is longer than 48 tokens
+    _, model, tokenizer = load_source(str(folder), LoadOptions())
+    assert pipeline_of(model).lower_case  # type: ignore[union-attr]
+    assert torch.allclose(encode(model, tokenizer, texts), st_encode(folder, texts), atol=1e-6)

@@ -319,6 +319,7 @@ class SentencePipeline:
         prompt: The default prompt (``default_prompt_name`` in ``config_sentence_transformers.json``).
         prompt_length: Tokens of ``prompt`` as the tokenizer counts them (set by :meth:`with_tokenizer`).
         max_seq_length: The Transformer module's truncation length (``sentence_bert_config.json``), if set.
+        lower_case: The Transformer module lowercases its input (``do_lower_case``).
         folder: The folder read.
     """
 
@@ -326,6 +327,7 @@ class SentencePipeline:
     prompt: str | None = None
     prompt_length: int | None = None
     max_seq_length: int | None = None
+    lower_case: bool = False
     folder: str = ""
     _device: torch.device | None = field(default=None, repr=False)
 
@@ -338,20 +340,27 @@ class SentencePipeline:
         if entries[0].kind not in TRANSFORMER_MODULES or entries[0].path:
             raise UnsupportedPipeline(f"the first module is a {entries[0].kind} at '{entries[0].path}'")
         head = nn.ModuleList([_build(entry, folder) for entry in entries[1:]])
-        config = folder / TRANSFORMER_CONFIG
-        length = (_read_json(config) if config.is_file() else {}).get("max_seq_length")
-        return cls(head.float().eval(), _default_prompt(folder), None, int(length) if length else None, str(folder))
+        file = folder / TRANSFORMER_CONFIG
+        config = _read_json(file) if file.is_file() else {}
+        length = int(config["max_seq_length"]) if config.get("max_seq_length") else None
+        lower = bool(config.get("do_lower_case", False))
+        return cls(head.float().eval(), _default_prompt(folder), None, length, lower, str(folder))
 
     def describe(self) -> str:
         """``Pooling(mean) -> Normalize``, with the default prompt when there is one."""
         text = " -> ".join(m.describe() for m in self.head) or "last hidden state"
         return text + (f"; default prompt {self.prompt!r}" if self.prompt else "")
 
+    def text(self, text: str) -> str:
+        """``text`` as the Transformer module tokenizes it: after the default prompt, lowercased if configured."""
+        text = (self.prompt or "") + text
+        return text.lower() if self.lower_case else text
+
     def with_tokenizer(self, tokenizer: Any) -> SentencePipeline:
         """A copy that knows how many tokens the default prompt takes (needed when pooling excludes it)."""
         if not self.prompt or tokenizer is None:
             return self
-        ids = tokenizer(self.prompt)["input_ids"]
+        ids = tokenizer(self.text(""))["input_ids"]
         trailing = bool(ids) and ids[-1] in set(getattr(tokenizer, "all_special_ids", []))
         return replace(self, prompt_length=len(ids) - int(trailing))
 
@@ -436,13 +445,15 @@ def encode(
     pipeline: SentencePipeline | None = None,
 ) -> torch.Tensor:
     """Sentence embeddings (float32, CPU) of ``texts`` as ``SentenceTransformer.encode`` computes them: the
-    default prompt prepended, truncated to ``max_seq_length``, through ``pipeline`` (default: the one
-    attached to ``model``; mean pooling without one)."""
+    default prompt prepended, truncated to ``max_seq_length`` (else the tokenizer's and the model's limit),
+    through ``pipeline`` (default: the one attached to ``model``; mean pooling without one)."""
     pipeline = pipeline or pipeline_of(model)
     if pipeline is not None:
         pipeline = pipeline.with_tokenizer(tokenizer)
-        texts = [(pipeline.prompt or "") + text for text in texts]
+        texts = [pipeline.text(text) for text in texts]
     limit = pipeline.max_seq_length if pipeline is not None else None
+    positions = getattr(model.config, "max_position_embeddings", None)
+    limit = limit or min(int(getattr(tokenizer, "model_max_length", 0) or 10**9), positions or 10**9)
     device = next(model.parameters()).device
     parts = []
     for first in range(0, len(texts), batch_size):
