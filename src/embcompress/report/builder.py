@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import platform
@@ -20,7 +21,7 @@ from ..codec import REFERENCE_SCHEMES, reference_quantize
 from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
-from ..kinds import detect_kind
+from ..kinds import ModelKind, detect_kind
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
 from ..sentence import describe as describe_pipeline
@@ -31,6 +32,7 @@ from ..surgery import find_targets
 from ..version import __version__
 from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
 from .buckets import bucket_summary, frequency_buckets
+from .downstream import RatedPairs, downstream_section, load_rated_sets
 from .evalset import EvalOptions, build_eval_set
 from .fidelity import matrix_fidelity, quantized_rows, rows_of
 from .size import files_on_disk, model_size, module_size
@@ -57,6 +59,9 @@ class ReportOptions(Options):
         text_field: Field / column holding the text in JSONL / parquet data.
         heldout_fraction / split_seed: Measure on the held-out side of the hash split of the text
             (:func:`embcompress.data.split_documents`), e.g. the documents a distillation never trained on.
+        downstream: Sentence encoders: Spearman correlation with human similarity ratings (Lee,
+            SimLex-999, WordSim-353 from gensim's wheel) of the teacher, student and references
+            (:mod:`embcompress.report.downstream`).
     """
 
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -68,6 +73,7 @@ class ReportOptions(Options):
     text_field: str | None = None
     heldout_fraction: float | None = None
     split_seed: int = 0
+    downstream: bool = False
 
     def validate(self) -> None:
         if isinstance(self.eval, dict):
@@ -134,8 +140,8 @@ def prepare_evaluation(
     pipeline = pipeline_of(teacher) if task == "encoder" else None
     pipeline = pipeline.with_tokenizer(tokenizer) if pipeline is not None else None
     docs = _docs(data, options)
-    if pipeline is not None and pipeline.prompt:
-        docs = (pipeline.prompt + doc for doc in docs if doc.strip())
+    if pipeline is not None:
+        docs = (pipeline.text(doc) for doc in docs if doc.strip())
     eval_set = build_eval_set(task, tokenizer, docs, options.eval)
     info["eval"] = eval_set.describe()
     if task == "encoder":
@@ -401,6 +407,7 @@ def build_report(
     """
     options = options or ReportOptions()
     reporter = reporter or LoggingReporter()
+    rated_sets = _downstream_sets(teacher, tokenizer, options)
     folder = Path(student_dir) if student_dir is not None else None
     pairs = matrix_pairs(teacher, student)
     if evaluation is None:
@@ -428,10 +435,29 @@ def build_report(
                 batch = evaluation.teacher.eval_set.batches[0]
                 report["speed"] = measure_speed(teacher, student, batch, options.speed_repeats, options.speed_threads)
     report["references"] = reference_rows(teacher, pairs, evaluation, options, reporter)
+    if rated_sets is not None:
+        with reporter.stage("human-rated similarity"):
+            builders = {scheme: functools.partial(quantized_copy, teacher, scheme) for scheme in options.references}
+            pipeline = pipeline_of(teacher)
+            report["downstream"] = downstream_section(teacher, student, tokenizer, builders, pipeline, rated_sets)
     report["glance"] = glance_section(report)
     report["provenance"] = provenance_section(student, folder, options)
     report["needs_text"] = needs_text(report, evaluation)
     return report
+
+
+def _downstream_sets(teacher: nn.Module, tokenizer: Any, options: ReportOptions) -> list[RatedPairs] | None:
+    """The human-rated sets when ``options.downstream`` asks for them, refusing a model or an installation
+    that cannot measure them before any work is done."""
+    if not options.downstream:
+        return None
+    if detect_kind(teacher) != ModelKind.ENCODER:
+        raise EmbcompressError(
+            f"human-rated similarity (--downstream) measures sentence encoders, not {type(teacher).__name__}"
+        )
+    if tokenizer is None:
+        raise EmbcompressError("human-rated similarity (--downstream) needs a tokenizer")
+    return load_rated_sets()
 
 
 def needs_text(report: dict[str, Any], evaluation: Evaluation) -> list[str]:

@@ -213,6 +213,23 @@ def speed_table(report: dict[str, Any]) -> TableData | None:
     return table
 
 
+def downstream_table(report: dict[str, Any]) -> TableData | None:
+    """Spearman with human similarity ratings: the original's, then each variant's and its change."""
+    section = report.get("downstream")
+    if not section:
+        return None
+    names = list(section["original"])
+    table = TableData(
+        "Human-rated similarity (Spearman of cosine vs human ratings; change against the original)",
+        ["variant", *names],
+        caption="; ".join(f"{name}: {info['description']}" for name, info in section["sets"].items()),
+    )
+    table.rows.append(["original", *(f"{section['original'][n]:.4f}" for n in names)])
+    for row in section["rows"]:
+        table.rows.append([row["name"], *(f"{row['spearman'][n]:.4f} ({row['change'][n]:+.4f})" for n in names)])
+    return table
+
+
 def provenance_table(report: dict[str, Any]) -> TableData:
     prov = report["provenance"]
     table = TableData("Provenance", ["field", "value"])
@@ -248,6 +265,7 @@ def report_tables(report: dict[str, Any]) -> list[TableData]:
         fidelity_bucket_table,
         behaviour_table,
         behaviour_bucket_table,
+        downstream_table,
         speed_table,
         provenance_table,
     )
