@@ -219,9 +219,8 @@ def _load_safetensors_model(
     """The model a folder's users load: for a sentence-transformers folder the class its Transformer module
     loads (``AutoModel``), else the architecture of ``config.json``; never a head the weights do not hold."""
     named = (getattr(config, "architectures", None) or ["?"])[0]
-    cls = transformers_class(source.path)
-    if cls is None:
-        cls = model_class(config, False)
+    st_class = transformers_class(source.path)
+    cls = st_class or model_class(config, False)
     path, options = str(source.path), {"dtype": dtype, "use_safetensors": True, **kwargs}
     model, info = cls.from_pretrained(path, output_loading_info=True, **options)
     absent = missing_head_keys(model, info.get("missing_keys", []))
@@ -232,7 +231,7 @@ def _load_safetensors_model(
             "no head built or compressed",
             source.name, named, ", ".join(absent[:3]), type(model).__name__,
         )  # fmt: skip
-    elif named not in ("?", type(model).__name__) and transformers_class(source.path) is not None:
+    elif st_class is not None and named not in ("?", type(model).__name__):
         logger.warning(
             "config.json of '%s' names %s; loaded as %s, the model its sentence-transformers Transformer module loads",
             source.name, named, type(model).__name__,
