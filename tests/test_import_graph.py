@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "embcompress.methods": 4,
     # model surgery and the transformers quantizer hook
     "embcompress.surgery": 5,
+    "embcompress.sentence": 5,
     "embcompress.hf_integration": 5,
     # the one checkpoint validator (load, the quantizer, inspect, report)
     "embcompress.validation": 5,

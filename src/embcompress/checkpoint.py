@@ -27,6 +27,7 @@ from .hf_integration import EmbcompressQuantizationConfig, add_load_guard_file, 
 from .kinds import detect_kind
 from .modules import CompressedEmbedding
 from .outputs import atomic_output, check_output, check_outside
+from .sentence import attach_pipeline, load_pipeline, module_folders
 from .sources import WEIGHT_SUFFIXES, ModelSource, model_class, source_paths
 from .version import __version__
 
@@ -74,14 +75,16 @@ def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def copy_aux_files(source_dir: Path | None, dest: Path) -> None:
-    """Copy tokenizer and other non-weight files (sentence-transformers layout included)."""
+    """Copy tokenizer and other non-weight files, and every sentence-transformers module folder of
+    ``modules.json`` whole (a Dense module keeps its own weights)."""
     if source_dir is None or not source_dir.is_dir():
         return
+    modules = module_folders(source_dir)
     for item in source_dir.iterdir():
         if item.name in _SKIP_COPY or item.name.startswith(".") or item.suffix in WEIGHT_SUFFIXES:
             continue
         if item.is_dir():
-            if not any(p.suffix in WEIGHT_SUFFIXES for p in item.rglob("*")):
+            if item.name in modules or not any(p.suffix in WEIGHT_SUFFIXES for p in item.rglob("*")):
                 shutil.copytree(item, dest / item.name)
         else:
             shutil.copy2(item, dest / item.name)
@@ -199,7 +202,8 @@ def load(
     The config and the factor tensors (names, shapes) are checked before loading. ``strict`` (the
     default) also refuses a model weight that was missing, mismatched or left over, and factors holding
     NaN or infinity. ``dtype`` defaults to the dtype saved in ``config.json`` (``"auto"``), as plain
-    ``from_pretrained`` does.
+    ``from_pretrained`` does. A sentence-transformers folder's pipeline (``modules.json``) is attached to
+    the model (:mod:`embcompress.sentence`).
     """
     path = Path(folder)
     if not path.is_dir():
@@ -217,7 +221,7 @@ def load(
     bad = sorted(set(info.get("missing_keys", [])) & expected_factor_keys(config))
     if bad:
         raise CheckpointError(f"factor tensor(s) not loaded from '{folder}': {', '.join(bad[:5])}")
-    return model.to(device).eval()
+    return attach_pipeline(model.to(device).eval(), load_pipeline(path))
 
 
 def write_checkpoint(

@@ -15,6 +15,8 @@ import torch
 import transformers
 from torch import nn
 
+from .sentence import pipeline_of, sentence_embedding
+
 logger = logging.getLogger(__name__)
 
 
@@ -109,11 +111,13 @@ def random_ids(tokenizer: Any, vocab_size: int, documents: int = 64, tokens: int
 
 
 def pooled_sensitivity(model: nn.Module, ids: torch.Tensor, probes: int = 4, batch_size: int = 16) -> torch.Tensor:
-    """``E[J^T J]`` (``H x H``, float64) of ``J`` = d(normalised mean-pooled output) / d(input embedding of a
-    token), Hutchinson-estimated with ``probes`` random directions: the error metric of an encoder's
-    embedding, since ``|pooled error|^2 ~ tr(M Sigma_err)`` and ``1 - cos ~ |pooled error|^2 / 2``."""
+    """``E[J^T J]`` (``H x H``, float64) of ``J`` = d(normalised sentence embedding: mean-pooled output, or
+    the model's sentence-transformers pipeline) / d(input embedding of a token), Hutchinson-estimated with
+    ``probes`` random directions: the error metric of an encoder's embedding, since
+    ``|pooled error|^2 ~ tr(M Sigma_err)`` and ``1 - cos ~ |pooled error|^2 / 2``."""
     emb = model.get_input_embeddings()
     hidden = emb.weight.shape[1]
+    pipeline = pipeline_of(model)
     total = torch.zeros(hidden, hidden, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     count = 0
@@ -123,7 +127,8 @@ def pooled_sensitivity(model: nn.Module, ids: torch.Tensor, probes: int = 4, bat
             x = emb(batch).detach().requires_grad_(True)
             out = model(inputs_embeds=x)
             states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            pooled = torch.nn.functional.normalize(states.mean(1), dim=-1)
+            mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+            pooled = torch.nn.functional.normalize(sentence_embedding(pipeline, states, mask), dim=-1)
             probe = (pooled * torch.randn(pooled.shape, generator=gen).to(pooled)).sum()
             grads = torch.autograd.grad(probe, x)[0].reshape(-1, hidden).double().cpu()  # parameters' .grad untouched
             total += grads.T @ grads

@@ -25,6 +25,7 @@ from .config import QUANT_METHOD
 from .errors import CheckpointError, EmbcompressError, ModelSourceError
 from .options import Options
 from .progress import LoggingReporter, Reporter
+from .sentence import attach_pipeline, load_pipeline, transformers_class
 from .validation import check_checkpoint, quant_method
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def resolve_hub(name: str) -> ModelSource:
     """Resolve a hub id through the local cache, going online only if the cache misses."""
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*", "*.gguf"]
+    # the root files and every sentence-transformers module folder (1_Pooling, 2_Dense, ...)
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "[0-9]*_*/*", "*.gguf"]
     try:
         path = snapshot_download(name, allow_patterns=patterns, local_files_only=True)
     except Exception:
@@ -233,32 +235,64 @@ def load_model(
     kwargs = hf_kwargs(source, trust_remote_code)
     try:
         config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
-        cls = model_class(config, bool(source.gguf_file))
         if source.gguf_file:
-            model = _rebuild_without_quantizer(cls.from_pretrained(str(source.path), dtype=dtype, **kwargs), dtype)
-        else:
-            model = _from_safetensors(cls, source, dtype, kwargs)
+            model = model_class(config, True).from_pretrained(str(source.path), dtype=dtype, **kwargs)
+            return _rebuild_without_quantizer(model, dtype).to(device).eval()
+        model = _load_safetensors_model(source, config, dtype, kwargs)
     except EmbcompressError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
-    return model.to(device).eval()
+    return attach_pipeline(model.to(device).eval(), load_pipeline(source.path))
 
 
-def _from_safetensors(cls: type, source: ModelSource, dtype: torch.dtype, kwargs: dict[str, Any]) -> nn.Module:
-    """``cls.from_pretrained`` of a safetensors folder; a weight of the wrong shape is one line naming it
-    (transformers would point to a report printed above, hidden unless verbose)."""
+def _load_safetensors_model(
+    source: ModelSource, config: transformers.PretrainedConfig, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> nn.Module:
+    """The model a folder's users load: for a sentence-transformers folder the class its Transformer module
+    loads (``AutoModel``), else the architecture of ``config.json``; never a head the weights do not hold."""
+    named = (getattr(config, "architectures", None) or ["?"])[0]
+    st_class = transformers_class(source.path)
+    cls = st_class or model_class(config, False)
+    model, info = _from_safetensors(cls, source, {"dtype": dtype, **kwargs})
+    absent = missing_head_keys(model, info.get("missing_keys", []))
+    if absent:
+        model, _ = _from_safetensors(transformers.AutoModel, source, {"config": config, "dtype": dtype, **kwargs})
+        logger.warning(
+            "config.json of '%s' names %s, but its weights hold no head (%s missing): loaded as the bare %s, "
+            "no head built or compressed",
+            source.name, named, ", ".join(absent[:3]), type(model).__name__,
+        )  # fmt: skip
+    elif st_class is not None and named not in ("?", type(model).__name__):
+        logger.warning(
+            "config.json of '%s' names %s; loaded as %s, the model its sentence-transformers Transformer module loads",
+            source.name, named, type(model).__name__,
+        )  # fmt: skip
+    return model
+
+
+def _from_safetensors(cls: type, source: ModelSource, options: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """``cls.from_pretrained`` of a safetensors folder with its loading info; a weight of the wrong shape is
+    one line naming it (transformers would point to a report printed above, hidden unless verbose)."""
     model, info = cls.from_pretrained(
-        str(source.path), dtype=dtype, use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True,
-        **kwargs,
-    )  # fmt: skip
+        str(source.path), use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True, **options
+    )
     mismatched = sorted(info.get("mismatched_keys") or [])
     if mismatched:
         shown = ", ".join(f"{k} {list(a)} (the model needs {list(b)})" for k, a, b in mismatched[:3])
         raise ModelSourceError(
             f"'{source.name}' has weight(s) of the wrong shape for its config.json: {shown}; restore the original files"
         )
-    return model
+    return model, info
+
+
+def missing_head_keys(model: nn.Module, missing: list[str]) -> list[str]:
+    """Missing weights outside the base model of a model with a head (``cls.*``, ``lm_head.*``): a head
+    the checkpoint does not hold, which ``from_pretrained`` would initialise at random."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or getattr(model, "base_model", model) is model:
+        return []
+    return sorted(key for key in missing if not key.startswith(f"{prefix}."))
 
 
 def hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:

@@ -121,10 +121,19 @@ def build_modules(
 
 
 def install_modules(model: nn.Module, config: CompressionConfig, modules: dict[str, nn.Module]) -> None:
-    """Swap ``modules`` into ``model`` at their spec paths and aliases, then re-tie."""
+    """Swap ``modules`` into ``model`` at their spec paths and aliases, then re-tie.
+
+    Each swapped module moves to the end of its parent's children: the input embedding is usually a
+    model's first parameter, and code that reads the model's dtype from its first parameter
+    (``SentenceTransformer`` casts its Dense modules to it, transformers' ``model.dtype``) must see a
+    compute-dtype weight, not a float16 or int8 factor. Only iteration order changes, never a name.
+    """
     for spec in config.modules:
         for path in (spec.path, *spec.aliases):
             swap_module(model, path, modules[spec.path])
+            parent_path, _, name = path.rpartition(".")
+            children = (model.get_submodule(parent_path) if parent_path else model)._modules
+            children[name] = children.pop(name)
     retie(model, config, modules)
 
 

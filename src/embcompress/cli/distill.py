@@ -53,7 +53,8 @@ def distill(
         _weight("hidden"), help="Hidden-state weight (default 1 for encoders, else 0)."
     ),
     pooled_weight: float | None = typer.Option(
-        _weight("pooled"), help="Mean-pooled embedding weight (default 1 for encoders)."
+        _weight("pooled"),
+        help="Sentence-embedding weight (default 1 for encoders; follows a sentence-transformers pipeline).",
     ),
     recon_weight: float | None = typer.Option(
         _weight("recon"), help="Reconstruction weight against the teacher matrix (0)."

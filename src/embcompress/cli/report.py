@@ -107,6 +107,11 @@ def report(
         help="Torch CPU threads while timing (default: torch's).",
     ),
     seed: int = typer.Option(_eval("seed"), help="Seed of the masked-LM masking."),
+    downstream: bool = typer.Option(
+        _report("downstream"),
+        "--downstream",
+        help="Sentence encoders: Spearman with human similarity ratings (Lee, SimLex-999, WordSim-353; needs gensim).",
+    ),
     gguf_file: str | None = typer.Option(_load("gguf_file"), help="GGUF file inside the teacher folder."),
     dtype: str = typer.Option(_load("dtype"), help="Dtype both models are loaded in."),
     device: str = typer.Option(_load("device"), help="Device: cpu, cuda, cuda:N."),
@@ -130,6 +135,7 @@ def report(
         speed_repeats=repeats,
         speed_threads=threads,
         text_field=text_field,
+        downstream=downstream,
     )
     reporter = RichReporter(enabled=fmt == "rich")
     with reporter.stage(f"loading {student}"):

@@ -21,7 +21,8 @@ class LossWeights(Options):
     Attributes:
         kl: KL(teacher || student) on temperature-scaled logits (causal and masked LMs).
         hidden: Hidden-state distance on ``DistillConfig.hidden_layers``.
-        pooled: ``1 - cos`` between mean-pooled sentence embeddings (last hidden state).
+        pooled: ``1 - cos`` between sentence embeddings: the teacher's sentence-transformers pipeline
+            (pooling, Dense, Normalize) when it has one, else the mean-pooled last hidden state.
         recon: Distilled-Embedding reconstruction: relative squared error of the factorized rows
             against the teacher's dense embedding rows.
         lm: Plain language-model cross entropy on the data (next token / masked token).

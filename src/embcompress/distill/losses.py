@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..sentence import SentencePipeline
+
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` (B, L) over positions where ``mask`` is 1."""
@@ -51,9 +53,14 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-def pooled_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence cosine between mean-pooled embeddings (B,)."""
-    return F.cosine_similarity(mean_pool(student.float(), mask), mean_pool(teacher.float(), mask), dim=-1)
+def pooled_cosine(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, pipeline: SentencePipeline | None = None
+) -> torch.Tensor:
+    """Per-sequence cosine (B,) between sentence embeddings: those of a sentence-transformers
+    ``pipeline`` (pooling, Dense, Normalize) when given, else mean-pooled hidden states."""
+    if pipeline is None:
+        return F.cosine_similarity(mean_pool(student.float(), mask), mean_pool(teacher.float(), mask), dim=-1)
+    return F.cosine_similarity(pipeline.embed(student, mask), pipeline.embed(teacher, mask), dim=-1)
 
 
 def reconstruction(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

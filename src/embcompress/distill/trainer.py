@@ -26,6 +26,7 @@ from ..errors import EmbcompressError
 from ..kinds import ModelKind
 from ..modules import CompressedEmbedding
 from ..progress import LoggingReporter, Reporter
+from ..sentence import pipeline_of
 from . import losses
 from .batches import Batch, derive_seed
 from .cache import TeacherCache
@@ -150,6 +151,7 @@ class Distiller:
         self.eval_split, self.cache = eval_split, cache
         self.trainable = select_trainable(student, config.train)
         self.teacher = freeze(teacher).to(accelerator.device)
+        self.pipeline = pipeline_of(teacher)  # sentence embeddings as the teacher's pipeline computes them
         student.eval()  # no dropout: the student must match a deterministic teacher
         optimizer = torch.optim.AdamW(param_groups(student), lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = accelerator.prepare(student, optimizer)
@@ -276,7 +278,8 @@ class Distiller:
             ]
             terms["hidden"] = torch.stack(parts).mean()
         if w["pooled"] > 0 and out.last_hidden is not None:
-            terms["pooled"] = (1.0 - losses.pooled_cosine(out.last_hidden, target["last_hidden"], mask)).mean()
+            cos = losses.pooled_cosine(out.last_hidden, target["last_hidden"], mask, self.pipeline)
+            terms["pooled"] = (1.0 - cos).mean()
         if w["recon"] > 0 and self.recon_pairs:
             terms["recon"] = self._reconstruction(ids, seed)
         if w["lm"] > 0 and out.logits is not None:
@@ -308,7 +311,8 @@ class Distiller:
                 t = forward(self.teacher, ids, mask, self.kind, (), False)
                 s = forward(self.student, ids, mask, self.kind, (), False)
             if self.kind == ModelKind.ENCODER:
-                sums["cosine"] += float(losses.pooled_cosine(s.last_hidden, t.last_hidden, mask).sum())  # type: ignore[arg-type]
+                cos = losses.pooled_cosine(s.last_hidden, t.last_hidden, mask, self.pipeline)  # type: ignore[arg-type]
+                sums["cosine"] += float(cos.sum())
                 sums["n"] += ids.shape[0]
                 continue
             n = float(mask.sum())

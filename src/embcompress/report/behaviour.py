@@ -3,8 +3,10 @@
 * causal LM: perplexity of both and their ratio, KL(teacher || student) per token, top-1 agreement
   (same argmax) and top-5 agreement (overlap of the two top-5 sets / 5);
 * masked LM: accuracy at masked positions of both, agreement of the two predictions, KL;
-* encoder: token hidden-state cosine, mean-pooled sentence-embedding cosine, and overlap of each
-  document's ``k`` nearest neighbours (cosine) among the evaluated documents.
+* encoder: token hidden-state cosine, sentence-embedding cosine, and overlap of each document's ``k``
+  nearest neighbours (cosine) among the evaluated documents. The sentence embedding is the one the
+  teacher's sentence-transformers pipeline gives (pooling, Dense, Normalize: :mod:`embcompress.sentence`),
+  or the mean-pooled last hidden state of a bare encoder.
 
 Per-token metrics are also split by the frequency bucket of the token that matters: the predicted
 (next / masked) token for LMs, the input token for encoders.
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sentence import SentencePipeline, pipeline_of, sentence_embedding
 from .buckets import BUCKETS
 from .evalset import EvalSet
 
@@ -34,6 +37,7 @@ class TeacherOutputs:
     eval_set: EvalSet
     per_batch: list[dict[str, torch.Tensor]] = field(default_factory=list)
     neighbours: int = 10
+    pipeline: SentencePipeline | None = None
 
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
@@ -65,25 +69,29 @@ def _lm_teacher(model: nn.Module, eval_set: EvalSet, batch: dict[str, torch.Tens
     }
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask[..., None].to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-    return F.normalize(pooled, dim=-1)
-
-
-def _encoder_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+def _encoder_outputs(model: nn.Module, batch: dict[str, torch.Tensor], pipeline: SentencePipeline | None) -> dict:
     hidden = _forward(model, batch).last_hidden_state.float().cpu()
-    return {"hidden": hidden, "pooled": _pool(hidden, batch["attention_mask"])}
+    with torch.no_grad():
+        pooled = sentence_embedding(pipeline, hidden, batch["attention_mask"])
+    return {"hidden": hidden, "pooled": F.normalize(pooled.float(), dim=-1)}
 
 
-def teacher_outputs(model: nn.Module, eval_set: EvalSet, neighbours: int = 10, progress: Any = None) -> TeacherOutputs:
-    """Run the teacher once over ``eval_set`` and keep what the comparisons need."""
-    out = TeacherOutputs(eval_set, neighbours=neighbours)
+def teacher_outputs(
+    model: nn.Module,
+    eval_set: EvalSet,
+    neighbours: int = 10,
+    progress: Any = None,
+    pipeline: SentencePipeline | None = None,
+) -> TeacherOutputs:
+    """Run the teacher once over ``eval_set`` and keep what the comparisons need; sentence embeddings
+    follow ``pipeline`` (default: the one attached to ``model``), for the teacher and every student."""
+    pipeline = pipeline or pipeline_of(model)
+    out = TeacherOutputs(eval_set, neighbours=neighbours, pipeline=pipeline)
     vocab = model.get_input_embeddings().weight.shape[0]
     dtype = torch.float32 if eval_set.n_tokens * vocab <= FLOAT32_CACHE_LIMIT else torch.float16
     for batch in eval_set.batches:
         if eval_set.task == "encoder":
-            out.per_batch.append(_encoder_outputs(model, batch))
+            out.per_batch.append(_encoder_outputs(model, batch, pipeline))
         else:
             out.per_batch.append(_lm_teacher(model, eval_set, batch, dtype))
         if progress is not None:
@@ -130,8 +138,10 @@ def _lm_summary(rows: dict[str, torch.Tensor], task: str) -> dict[str, Any]:
     return out
 
 
-def _encoder_student_batch(model: nn.Module, batch: dict, teacher: dict) -> dict[str, torch.Tensor]:
-    student = _encoder_outputs(model, batch)
+def _encoder_student_batch(
+    model: nn.Module, batch: dict, teacher: dict, pipeline: SentencePipeline | None
+) -> dict[str, torch.Tensor]:
+    student = _encoder_outputs(model, batch, pipeline)
     mask = batch["attention_mask"].bool()
     cos = F.cosine_similarity(student["hidden"], teacher["hidden"], dim=-1, eps=1e-12)
     return {
@@ -209,7 +219,7 @@ def compare(
     parts: list[dict[str, torch.Tensor]] = []
     for batch, cached in zip(teacher.eval_set.batches, teacher.per_batch, strict=True):
         if task == "encoder":
-            parts.append(_encoder_student_batch(student, batch, cached))
+            parts.append(_encoder_student_batch(student, batch, cached, teacher.pipeline))
         else:
             parts.append(_lm_student_batch(student, teacher.eval_set, batch, cached))
         if progress is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import platform
@@ -20,19 +21,23 @@ from ..codec import REFERENCE_SCHEMES, reference_quantize
 from ..config import CompressionConfig
 from ..data import count_tokens, iter_documents, split_documents
 from ..errors import EmbcompressError
-from ..kinds import detect_kind
+from ..kinds import ModelKind, detect_kind
 from ..options import Options, require
 from ..progress import LoggingReporter, Reporter
+from ..sentence import describe as describe_pipeline
+from ..sentence import pipeline_of
 from ..sizes import unique_tensors
 from ..spectral import energy_curve, singular_values
 from ..surgery import find_targets
 from ..version import __version__
 from .behaviour import PRIMARY_METRIC, TeacherOutputs, compare, teacher_outputs
 from .buckets import bucket_summary, frequency_buckets
+from .downstream import RatedPairs, downstream_section, load_rated_sets
 from .evalset import EvalOptions, build_eval_set
 from .fidelity import matrix_fidelity, quantized_rows, rows_of
 from .size import files_on_disk, model_size, module_size
 from .speed import measure_speed
+from .verdict import compare_variants, compared_metrics, headline
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,9 @@ class ReportOptions(Options):
         text_field: Field / column holding the text in JSONL / parquet data.
         heldout_fraction / split_seed: Measure on the held-out side of the hash split of the text
             (:func:`embcompress.data.split_documents`), e.g. the documents a distillation never trained on.
+        downstream: Sentence encoders: Spearman correlation with human similarity ratings (Lee,
+            SimLex-999, WordSim-353 from gensim's wheel) of the teacher, student and references
+            (:mod:`embcompress.report.downstream`).
     """
 
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -65,6 +73,7 @@ class ReportOptions(Options):
     text_field: str | None = None
     heldout_fraction: float | None = None
     split_seed: int = 0
+    downstream: bool = False
 
     def validate(self) -> None:
         if isinstance(self.eval, dict):
@@ -128,10 +137,19 @@ def prepare_evaluation(
     evaluation = Evaluation(task, counts, buckets, special_ids=list(tokenizer.all_special_ids), data=info)
     if data is None or task is None:
         return evaluation
-    eval_set = build_eval_set(task, tokenizer, _docs(data, options), options.eval)
+    pipeline = pipeline_of(teacher) if task == "encoder" else None
+    pipeline = pipeline.with_tokenizer(tokenizer) if pipeline is not None else None
+    docs = _docs(data, options)
+    if pipeline is not None:
+        docs = (pipeline.text(doc) for doc in docs if doc.strip())
+    eval_set = build_eval_set(task, tokenizer, docs, options.eval)
     info["eval"] = eval_set.describe()
+    if task == "encoder":
+        info["sentence_embedding"] = describe_pipeline(pipeline)
     with reporter.stage("teacher outputs", total=len(eval_set.batches)):
-        evaluation.teacher = teacher_outputs(teacher, eval_set, options.eval.neighbours, reporter.advance)
+        evaluation.teacher = teacher_outputs(
+            teacher, eval_set, options.eval.neighbours, reporter.advance, pipeline=pipeline
+        )
     return evaluation
 
 
@@ -279,45 +297,35 @@ def primary_value(
     return "relative_error", False, fidelity["input"].get("relative_error")
 
 
-def _better_eq(a: float, b: float, higher: bool) -> bool:
-    return a >= b if higher else a <= b
-
-
 def glance_section(report: dict[str, Any]) -> dict[str, Any]:
-    """Student vs each reference: embedding bytes and the primary metric, with a one-line verdict."""
+    """Student vs each reference: embedding bytes and every compared metric, one comparison per reference
+    and a one-line verdict over all of them (:mod:`embcompress.report.verdict`)."""
     metric, higher, value = primary_value(report["task"], report["behaviour"], report["fidelity"])
+    metrics = compared_metrics(report)
     size = report["size"]["embedding"]
     weights = max(size["params_before"], 1)
 
-    def row(name: str, nbytes: int, value: Any) -> dict[str, Any]:
-        return {"name": name, "embedding_bytes": nbytes, "value": value, "bits_per_weight": 8 * nbytes / weights}
+    def row(name: str, nbytes: int, variant: dict[str, Any] | None, value: Any) -> dict[str, Any]:
+        values = {m.name: m.value(variant) for m in metrics} if variant is not None else {}
+        bits = 8 * nbytes / weights
+        return {"name": name, "embedding_bytes": nbytes, "value": value, "values": values, "bits_per_weight": bits}
 
-    rows = [row("original", size["bytes_before"], None), row("student", size["bytes_after"], value)]
-    rows += [
-        row(ref["name"], ref["embedding_bytes"], primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2])
+    rows = [row("original", size["bytes_before"], None, None), row("student", size["bytes_after"], report, value)]
+    for ref in report["references"]:
+        ref_value = primary_value(report["task"], ref["behaviour"], ref["fidelity"])[2]
+        rows.append(row(ref["name"], ref["embedding_bytes"], ref, ref_value))
+    comparisons = [
+        compare_variants(metrics, report, ref, ref["name"], (size["bytes_after"], ref["embedding_bytes"]))
         for ref in report["references"]
     ]
-    return {"metric": metric, "higher_is_better": higher, "rows": rows, "verdict": verdict(rows[1], rows[2:], higher)}
-
-
-def verdict(student: dict[str, Any], refs: list[dict[str, Any]], higher: bool) -> str:
-    """Plain-language comparison of the student with the quantization references."""
-    if student["value"] is None or not refs:
-        return "no comparison available"
-    b, v = student["embedding_bytes"], student["value"]
-    beaten_by = [r["name"] for r in refs if r["embedding_bytes"] <= b and _better_eq(r["value"], v, higher)]
-    if beaten_by:
-        names = " and ".join(beaten_by)
-        return f"{names} quantization is at least as good at no more bytes: the compression did not pay off"
-    beats = [r["name"] for r in refs if b <= r["embedding_bytes"] and _better_eq(v, r["value"], higher)]
-    if beats:
-        text = f"the compressed model beats {' and '.join(beats)} quantization at equal or fewer bytes"
-        larger = [r["name"] for r in refs if r["embedding_bytes"] > b and not _better_eq(v, r["value"], higher)]
-        return text + (f"; {' and '.join(larger)} quantization is better at more bytes" if larger else "")
-    smaller = [r["name"] for r in refs if b < r["embedding_bytes"]]
-    if smaller:
-        return f"trade-off: smaller than {' and '.join(smaller)} but worse; no quantization point dominates"
-    return "trade-off: better than the smaller quantization points but larger; no point dominates"
+    return {
+        "metric": metric,
+        "higher_is_better": higher,
+        "metrics": [{"name": m.name, "higher_is_better": m.higher_is_better} for m in metrics],
+        "rows": rows,
+        "comparisons": [c.to_dict() for c in comparisons],
+        "verdict": headline(comparisons),
+    }
 
 
 def spectrum_section(pairs: list[MatrixPair], max_points: int = 4096) -> dict[str, Any]:
@@ -399,6 +407,7 @@ def build_report(
     """
     options = options or ReportOptions()
     reporter = reporter or LoggingReporter()
+    rated_sets = _downstream_sets(teacher, tokenizer, options)
     folder = Path(student_dir) if student_dir is not None else None
     pairs = matrix_pairs(teacher, student)
     if evaluation is None:
@@ -426,10 +435,29 @@ def build_report(
                 batch = evaluation.teacher.eval_set.batches[0]
                 report["speed"] = measure_speed(teacher, student, batch, options.speed_repeats, options.speed_threads)
     report["references"] = reference_rows(teacher, pairs, evaluation, options, reporter)
+    if rated_sets is not None:
+        with reporter.stage("human-rated similarity"):
+            builders = {scheme: functools.partial(quantized_copy, teacher, scheme) for scheme in options.references}
+            pipeline = pipeline_of(teacher)
+            report["downstream"] = downstream_section(teacher, student, tokenizer, builders, pipeline, rated_sets)
     report["glance"] = glance_section(report)
     report["provenance"] = provenance_section(student, folder, options)
     report["needs_text"] = needs_text(report, evaluation)
     return report
+
+
+def _downstream_sets(teacher: nn.Module, tokenizer: Any, options: ReportOptions) -> list[RatedPairs] | None:
+    """The human-rated sets when ``options.downstream`` asks for them, refusing a model or an installation
+    that cannot measure them before any work is done."""
+    if not options.downstream:
+        return None
+    if detect_kind(teacher) != ModelKind.ENCODER:
+        raise EmbcompressError(
+            f"human-rated similarity (--downstream) measures sentence encoders, not {type(teacher).__name__}"
+        )
+    if tokenizer is None:
+        raise EmbcompressError("human-rated similarity (--downstream) needs a tokenizer")
+    return load_rated_sets()
 
 
 def needs_text(report: dict[str, Any], evaluation: Evaluation) -> list[str]:

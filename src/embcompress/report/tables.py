@@ -38,16 +38,25 @@ def ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _direction(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
 def glance_table(report: dict[str, Any]) -> TableData:
+    """Bytes, every metric the verdict compares, and how the compressed model fares against each variant."""
     g = report["glance"]
-    better = "higher is better" if g["higher_is_better"] else "lower is better"
-    header = ["variant", "embedding bytes", "bits/weight", f"{g['metric']} ({better})"]
-    table = TableData("At a glance", header, caption=g["verdict"])
+    metrics = g.get("metrics") or [{"name": g["metric"], "higher_is_better": g["higher_is_better"]}]
+    versus = {c["reference"]: c for c in g.get("comparisons", [])}
+    header = ["variant", "embedding bytes", "bits/weight"]
+    header += [f"{m['name']} {_direction(m['higher_is_better'])}" for m in metrics]
+    title = "At a glance (↑ higher is better, ↓ lower is better)"
+    table = TableData(title, [*header, "compressed model vs this"], caption=g["verdict"])
     for row in g["rows"]:
         bpw = row.get("bits_per_weight")
-        table.rows.append(
-            [row["name"], mb(row["embedding_bytes"]), "-" if bpw is None else f"{bpw:.2f}", fmt(row["value"])]
-        )
+        values = row.get("values") or {g["metric"]: row["value"]}
+        cells = [row["name"], mb(row["embedding_bytes"]), "-" if bpw is None else f"{bpw:.2f}"]
+        cells += [fmt(values.get(m["name"])) for m in metrics]
+        table.rows.append([*cells, versus.get(row["name"], {}).get("summary", "")])
     return table
 
 
@@ -204,6 +213,23 @@ def speed_table(report: dict[str, Any]) -> TableData | None:
     return table
 
 
+def downstream_table(report: dict[str, Any]) -> TableData | None:
+    """Spearman with human similarity ratings: the original's, then each variant's and its change."""
+    section = report.get("downstream")
+    if not section:
+        return None
+    names = list(section["original"])
+    table = TableData(
+        "Human-rated similarity (Spearman of cosine vs human ratings; change against the original)",
+        ["variant", *names],
+        caption="; ".join(f"{name}: {info['description']}" for name, info in section["sets"].items()),
+    )
+    table.rows.append(["original", *(f"{section['original'][n]:.4f}" for n in names)])
+    for row in section["rows"]:
+        table.rows.append([row["name"], *(f"{row['spearman'][n]:.4f} ({row['change'][n]:+.4f})" for n in names)])
+    return table
+
+
 def provenance_table(report: dict[str, Any]) -> TableData:
     prov = report["provenance"]
     table = TableData("Provenance", ["field", "value"])
@@ -223,6 +249,8 @@ def provenance_table(report: dict[str, Any]) -> TableData:
     if data and data.get("eval"):
         ev = data["eval"]
         table.rows.append(["evaluation text", f"{data['path']}: {ev['sequences']} sequences, {ev['tokens']} tokens"])
+    if data and data.get("sentence_embedding"):
+        table.rows.append(["sentence embedding", data["sentence_embedding"]])
     if data:
         table.rows.append(["frequency counts", f"{data['freq_path']}: {fmt(data['frequency_tokens'])} tokens"])
     return table
@@ -237,6 +265,7 @@ def report_tables(report: dict[str, Any]) -> list[TableData]:
         fidelity_bucket_table,
         behaviour_table,
         behaviour_bucket_table,
+        downstream_table,
         speed_table,
         provenance_table,
     )
