@@ -526,6 +526,74 @@ def nbytes(code: TransformCode) -> int:
     return sum(t.numel() * t.element_size() for t in to_tensors(code).values())
 
 
+# ------------------------------------------------------------------------------------------------ head rows
+
+#: Importance of the token at priority rank ``r`` (``r = 0`` first) in the model that sizes the head rows:
+#: ``(1 - HEAD_FLOOR) * zipf(r) + HEAD_FLOOR / V`` with ``zipf(r) ~ 1 / (r + ZIPF_OFFSET)``; the floor is the
+#: share of a text's tokens assumed to fall anywhere in the vocabulary, whatever the priority says.
+ZIPF_OFFSET, HEAD_FLOOR = 10.0, 0.1
+#: Distortion of an int8 head row in the sizing model (``2 ** -16``: 8 bits, relative to the variance).
+HEAD_DISTORTION = 2.0**-16
+
+
+@dataclass
+class HeadRows:
+    """Rows stored whole at per-row int8 precision (the most important tokens).
+
+    Attributes:
+        ids: ``(N,)`` int32 token ids, ascending.
+        values: ``(N, H)`` int8 values.
+        scale: ``(N,)`` fp16 per-row scale (``row = values * scale``).
+    """
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    scale: torch.Tensor
+
+
+def head_nbytes(rows: int, cols: int) -> int:
+    """Stored bytes of ``rows`` head rows: int8 values, an fp16 scale and an int32 id each."""
+    return rows * (cols + 2 + 4)
+
+
+def quantize_head(matrix: torch.Tensor, ids: torch.Tensor) -> HeadRows:
+    """Rows ``ids`` of ``matrix`` as :class:`HeadRows` (symmetric per-row int8 on the fp16-rounded scale)."""
+    ids = ids.to(torch.int64).sort().values
+    x = matrix[ids.to(matrix.device)].detach().float().cpu()
+    scale = (x.abs().amax(1) / 127).clamp_min(1e-12).half()
+    values = torch.round(x / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return HeadRows(ids.to(torch.int32), values, scale)
+
+
+def head_rows_for(rows: int, cols: int, budget: int) -> int:
+    """How many of the most important rows to store whole within ``budget`` bytes.
+
+    Minimises the expected distortion ``sum_r w_r D_r`` of a two-tier code under the Zipf importance model
+    (:data:`ZIPF_OFFSET`, :data:`HEAD_FLOOR`): the first ``N`` rows at int8 (:data:`HEAD_DISTORTION`), the
+    others at the bits left after the head rows and a decoding basis, ``D = 2 ** (-2 * bits)``. Candidates are
+    0 and ``2 ** (k / 4)``; measured on SmolLM2 the optimum (2048 rows at 8x) took the LM head's KL from 0.052
+    to 0.016 (mean of four corpora), rows beyond it changed little.
+    """
+    ranks = torch.arange(rows, dtype=torch.float64)
+    zipf = 1.0 / (ranks + ZIPF_OFFSET)
+    weights = (1 - HEAD_FLOOR) * zipf / zipf.sum() + HEAD_FLOOR / rows
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[n] = weight of rows n..V-1
+    best, best_cost = 0, math.inf
+    for n in sorted({0, *(int(2 ** (k / 4)) for k in range(16, 4 * int(math.log2(rows)) + 1)), rows - 1} - {rows}):
+        bulk_bits = (8 * (budget - head_nbytes(n, cols)) - 16 * cols * cols) / max(1, (rows - n) * cols)
+        if bulk_bits <= 0:
+            break
+        cost = float(weights[:n].sum()) * HEAD_DISTORTION + float(tail[n]) * 2.0 ** (-2 * bulk_bits)
+        if cost < best_cost:
+            best, best_cost = n, cost
+    return best
+
+
+def decode_head(head: HeadRows) -> torch.Tensor:
+    """The head rows as float32 ``(N, H)``."""
+    return head.values.float() * head.scale.float()[:, None]
+
+
 #: The deployed quantizers every report compares against, by name: ``(dequantized, stored bytes)``.
 REFERENCE_SCHEMES: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, int]]] = {
     "int8": lambda m: quantize_per_row(m, 8),

@@ -39,7 +39,7 @@ from .distill.pipeline import check_data, check_seq_len, check_training_text
 from .distill.trainer import LOG_NAME
 from .errors import BudgetError, EmbcompressError
 from .factorize import FactorizeOptions, convert_factor_dtype, factorize_model, module_stats, rank_limit
-from .frequency import weights_from_counts
+from .frequency import token_priority, weights_from_counts
 from .kinds import ModelKind, detect_kind, kind_of_class, model_kind
 from .methods import get_method
 from .methods.grouped import bucket_params
@@ -522,10 +522,13 @@ def _robust_factorize(
     with reporter.stage("measuring the error metric"):
         metric, measured = calibration_metric(model, tokenizer, options)
     fopts = FactorizeOptions(method="transform", ratio=options.ratio, factor_dtype=float_dtype, seed=options.seed)
+    priority = token_priority(tokenizer, model.get_input_embeddings().weight.shape[0])
     with reporter.stage("transform-coding the embeddings"):
-        result = factorize_model(model, fopts, metric=metric)
-    groups = model.get_input_embeddings().spec.options["groups"]
-    layout = "transform code: " + " + ".join(f"{n} components x {b} bits" for n, b in groups)
+        result = factorize_model(model, fopts, metric=metric, priority=priority)
+    options_of = model.get_input_embeddings().spec.options
+    head = options_of.get("head_rows", 0)
+    layout = "transform code: " + (f"{head:,} most frequent rows (vocabulary order) at int8, the rest " if head else "")
+    layout += " + ".join(f"{n} components x {b} bits" for n, b in options_of["groups"])
     layout += f"; error metric: {measured}"
     return {**result.to_dict(), "options": fopts.to_dict()}, layout
 

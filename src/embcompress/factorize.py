@@ -18,7 +18,7 @@ from .budget import Budget, budget_from, resolve_rank
 from .checkpoint import check_output_dir, write_checkpoint
 from .config import ROLES, CompressionConfig, ModuleSpec
 from .errors import BudgetError, EmbcompressError
-from .frequency import FrequencyOptions, TokenFrequencies, token_frequencies
+from .frequency import FrequencyOptions, TokenFrequencies, token_frequencies, token_priority
 from .hf_integration import EmbcompressQuantizationConfig
 from .methods import FactorizationMethod, FitContext, get_method
 from .methods.base import MethodOptions, ProgressFn
@@ -271,17 +271,19 @@ def factorize_model(
     row_weights: torch.Tensor | None = None,
     progress: Any = None,
     metric: torch.Tensor | None = None,
+    priority: torch.Tensor | None = None,
 ) -> CompressionResult:
     """Replace the embeddings of ``model`` in place with fitted factorized modules.
 
     Everything is validated before the model is touched. ``metric`` (``H x H``, PSD) weighs the
     reconstruction error of methods that use one (``transform``), e.g. ``E[h h^T]`` of the hidden
-    states an LM head sees. Returns the config to save and per-module size/fidelity statistics.
+    states an LM head sees; ``priority`` (token ids, most important first) picks the rows such methods
+    store whole. Returns the config to save and per-module size/fidelity statistics.
     """
     config, found = plan(model, options, row_weights)
     params_before = sum(p.numel() for p in model.parameters())
     method = get_method(options.method)
-    ctx = FitContext(options.seed, row_weights, options.method_config, progress, metric)
+    ctx = FitContext(options.seed, row_weights, options.method_config, progress, metric, priority)
     modules: dict[str, nn.Module] = {}
     stats: list[ModuleStats] = []
     for spec in config.modules:
@@ -390,7 +392,11 @@ def factorize_checkpoint(
                 freqs = token_frequencies(tokenizer, frequency, model.get_input_embeddings().weight.shape[0])
             row_weights = freqs.weights
         with reporter.stage(f"fitting {options.method}", total=_progress_total(model, options)):
-            result = factorize_model(model, options, row_weights=row_weights, progress=_advance(reporter))
+            weight = getattr(model.get_input_embeddings(), "weight", None)  # absent: factorize_model says so
+            priority = None if weight is None else token_priority(tokenizer, weight.shape[0])
+            result = factorize_model(
+                model, options, row_weights=row_weights, progress=_advance(reporter), priority=priority
+            )
         summary = {**result.to_dict(), "source": source.name, "options": options.to_dict()}
         if freqs is not None:
             summary["frequency"] = freqs.info

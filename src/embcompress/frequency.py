@@ -9,6 +9,7 @@ picture), 0 ignores frequencies; ``floor`` is the pseudo-count given to never-se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,3 +85,24 @@ def token_frequencies(tokenizer: Any, options: FrequencyOptions, vocab_size: int
         "floor": options.floor,
     }
     return TokenFrequencies(weights_from_counts(counts, options.exponent, options.floor), info)
+
+
+#: Token strings of placeholder rows that never occur in text (``[unused0]``, ``<unused12>``, ``<reserved_3>``...).
+_PLACEHOLDER = re.compile(r"^[<\[](unused|reserved)[_-]?\d*[>\]]$|^<\|reserved_special_token_\d+\|>$")
+
+
+def token_priority(tokenizer: Any | None, vocab_size: int) -> torch.Tensor:
+    """Token ids, most important first, from nothing but the tokenizer: the vocabulary order (BPE merge
+    order, SentencePiece score order and WordPiece frequency order all put frequent tokens first), with
+    placeholder tokens that never occur in text (``[unused0]``, ``<unused12>``) moved to the end.
+
+    Measured on SmolLM2, keeping the first 1,000 ids exact cut the LM head's KL 4x on four English
+    corpora, about as much as the 1,000 tokens the evaluation text itself predicted most.
+    """
+    ids = torch.arange(vocab_size)
+    if tokenizer is None:
+        return ids
+    names = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    placeholder = torch.zeros(vocab_size, dtype=torch.bool)
+    placeholder[: len(names)] = torch.tensor([bool(_PLACEHOLDER.match(str(n or ""))) for n in names])
+    return torch.cat([ids[~placeholder], ids[placeholder]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from safetensors import safe_open
 
 import embcompress
 from embcompress.checkpoint import WEIGHTS_NAME, save_model_files
-from embcompress.codec import decode, encode, nbytes
+from embcompress.codec import decode, decode_head, encode, head_rows_for, nbytes, quantize_head
 from embcompress.errors import BudgetError, EmbcompressError
 from embcompress.factorize import FactorizeOptions, factorize_model
-from embcompress.methods.transform import TransformCodedEmbedding
+from embcompress.methods.transform import TransformCodedEmbedding, split_rows
+from embcompress.quant import fast_kernels
 from helpers.models import forward_logits, make_tiny
 
 
@@ -102,3 +104,81 @@ def test_budgets_are_bytes_and_bad_ones_are_refused() -> None:
     assert isinstance(untouched.get_input_embeddings(), torch.nn.Embedding)  # refused before any change
     model = _transform("llama-tied", ratio=2.0, method_options={"bits_per_weight": 9.0})
     assert model.get_input_embeddings().spec.options["target_bytes"] == 96 * 16 * 9 // 8
+
+
+# ------------------------------------------------------------------------------------------------ head rows
+
+
+def _with_head(name: str, head_rows: int, priority: torch.Tensor | None = None) -> torch.nn.Module:
+    model = make_tiny(name)
+    options = FactorizeOptions(method="transform", ratio=2.0, method_options={"head_rows": head_rows})
+    factorize_model(model, options, priority=priority)
+    return model
+
+
+def test_head_rows_are_the_priority_rows_at_int8_and_the_rest_is_the_code() -> None:
+    model = make_tiny("llama-untied")
+    original = model.get_input_embeddings().weight.detach().clone()
+    priority = torch.randperm(original.shape[0], generator=torch.Generator().manual_seed(0))
+    factorize_model(
+        model, FactorizeOptions(method="transform", ratio=2.0, method_options={"head_rows": 20}), priority=priority
+    )
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, TransformCodedEmbedding) and emb.head_rows == 20 and emb.spec.options["head_rows"] == 20
+    assert torch.equal(emb.head_ids.long(), priority[:20].sort().values)
+    expected = quantize_head(original, priority[:20])
+    assert torch.equal(emb.head_values, expected.values) and torch.equal(emb.head_scale, expected.scale)
+    ids = torch.arange(original.shape[0])
+    rows = emb(ids)
+    assert torch.equal(rows[expected.ids.long()], decode_head(expected))
+    assert emb.row_scale.shape[0] == original.shape[0] - 20
+    # The lookup and the head (the transpose product) agree on every row, through either kernel.
+    hidden = torch.randn(3, original.shape[1])
+    for fast in (False, True):
+        with fast_kernels(fast):
+            assert torch.allclose(emb.project(hidden), hidden @ emb(ids).T, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "gpt2", "bert-mlm"])
+def test_head_rows_survive_save_and_reload_with_identical_logits(name: str, tmp_path: Path) -> None:
+    model = _with_head(name, 8)
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(1))
+    model.save_pretrained(tmp_path)
+    loaded = embcompress.load(tmp_path)
+    assert loaded.get_input_embeddings().head_rows == 8
+    assert torch.equal(forward_logits(model, ids), forward_logits(loaded, ids))
+
+
+def test_checkpoints_written_before_head_rows_load_unchanged(tmp_path: Path) -> None:
+    model = _with_head("llama-tied", 0)
+    assert "head_rows" in model.get_input_embeddings().spec.options
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for spec in config["quantization_config"]["modules"]:  # as an older release wrote it
+        spec["options"].pop("head_rows")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ids = torch.arange(96)[None]
+    loaded = embcompress.load(tmp_path)
+    assert loaded.get_input_embeddings().head_rows == 0
+    assert torch.equal(forward_logits(model, ids), forward_logits(loaded, ids))
+
+
+def test_head_rows_are_sized_from_the_budget_and_bad_counts_are_refused() -> None:
+    # SmolLM2's and Gemma-3's shapes at 8x (4 bits per entry): thousands of rows; a starved budget: none.
+    assert head_rows_for(49152, 576, 49152 * 576 // 2) == 2048
+    assert 4096 < head_rows_for(262144, 640, 262144 * 640 // 2) < 16384
+    assert head_rows_for(49152, 576, 49152 * 576 // 16) < head_rows_for(49152, 576, 49152 * 576 // 2)
+    assert head_rows_for(96, 16, 96 * 16 // 8) == 0
+    with pytest.raises(EmbcompressError, match="head_rows must be below the vocabulary"):
+        _with_head("llama-tied", 96)
+    with pytest.raises(EmbcompressError, match="head_rows must be -1"):
+        FactorizeOptions(method="transform", ratio=2.0, method_options={"head_rows": -2}).validate()
+    with pytest.raises(EmbcompressError, match="every id below 96 once"):
+        _with_head("llama-tied", 8, priority=torch.zeros(96, dtype=torch.long))
+
+
+def test_split_rows_takes_the_first_priority_ids() -> None:
+    head, bulk = split_rows(6, 2, torch.tensor([4, 1, 0, 2, 3, 5]))
+    assert head.tolist() == [1, 4] and bulk.tolist() == [0, 2, 3, 5]
+    head, bulk = split_rows(4, 0, None)
+    assert head.numel() == 0 and bulk.tolist() == [0, 1, 2, 3]

@@ -94,6 +94,8 @@ class FitContext:
             recorded in the spec being built, else the defaults.
         progress: Optional callback ``(step, total, metrics)`` for long fits.
         metric: Optional ``H x H`` PSD weight of the reconstruction error (methods that use one).
+        priority: Optional token ids, most important first (:func:`embcompress.frequency.token_priority`),
+            for methods that store the most important rows whole.
     """
 
     seed: int = 0
@@ -101,6 +103,7 @@ class FitContext:
     options: MethodOptions | None = None
     progress: ProgressFn | None = None
     metric: torch.Tensor | None = None
+    priority: torch.Tensor | None = None
 
 
 class FactorizationMethod:
