@@ -1,10 +1,10 @@
 """Quality on any text: ``embcompress compress`` against the quantizers people deploy, on three kinds of English.
 
-For each packaged checkpoint (MiniLM, SmolLM2) this runs the real library pipeline
-(:func:`embcompress.compress_model`, the code behind the CLI) at each ratio, in the default
-(text-independent transform code) mode and, for comparison, in ``--domain`` mode with token counts
-from the train side of a 90/10 hash split of the Python docs. Every variant is measured with the
-report's own code on three corpora it never saw:
+For each packaged checkpoint (MiniLM, SmolLM2) this runs the CLI as a user does
+(``embcompress --threads T compress MODEL --ratio R --seed S --no-distill``) at each ratio, three calibration
+seeds at the first ratio and a second thread count (which must write the same bytes), reloads each written
+checkpoint with ``import embcompress`` + ``AutoModel*.from_pretrained`` and measures it with the report's own
+code on three corpora it never saw:
 
 * ``pydocs``: the held-out 10% of Debian's Python 3.11 docs (``python3.11-doc``);
 * ``fortunes``: Debian's ``fortunes`` quotations and jokes;
@@ -13,11 +13,11 @@ report's own code on three corpora it never saw:
 References: per-row int8, Q8_0, Q4_0 (4.5 bits/weight), NF4 (blocks of 64), per-row int4; bytes as stored.
 Metrics: SmolLM2 KL(original || compressed) per token and top-1 agreement on 4096 tokens per corpus;
 MiniLM mean cosine of the sentence embeddings to the original's and top-10 neighbour overlap on 1000
-paragraphs per corpus. Targets (issue #10): at <= per-row int4's bytes (8x) better than Q4_0 everywhere;
-at <= 2.9 bits/weight (11x) better than per-row int4 everywhere; 16x reported.
+paragraphs per corpus. Targets (issues #10, #23, #24): at <= per-row int4's bytes (8x) better than Q4_0
+everywhere, for every seed; at <= 2.9 bits/weight (11x) better than per-row int4 everywhere; 16x reported.
 
-    nice -n 5 python benchmarks/quality_anytext.py                  # both models, 8x / 11x / 16x, about 25 min
-    nice -n 5 python benchmarks/quality_anytext.py --models minilm --ratios 8 --time-cli
+    nice -n 5 python benchmarks/quality_anytext.py            # both models, 8x (3 seeds, 2 thread counts) / 11x / 16x
+    nice -n 5 python benchmarks/quality_anytext.py --models minilm --ratios 8 --seeds 0 --threads 2 --time-cli
 
 Prints JSON on stdout and writes benchmarks/results/quality_anytext[_<tag>].{json,md}.
 """
@@ -25,7 +25,7 @@ Prints JSON on stdout and writes benchmarks/results/quality_anytext[_<tag>].{jso
 from __future__ import annotations
 
 import argparse
-import copy
+import hashlib
 import json
 import logging
 import subprocess
@@ -34,10 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import transformers
 from distill_common import PYDOCS, WORK, machine, write_results
 from quality_per_byte import fortunes, write_docs
 
-from embcompress import CompressOptions, LoadOptions, compress_model, load_source
+import embcompress  # noqa: F401  (registers the compressed format with transformers, as a user's import does)
+from embcompress import LoadOptions, load_source
 from embcompress.data import iter_documents, split_documents
 from embcompress.progress import LoggingReporter
 from embcompress.report import EvalOptions, ReportOptions, prepare_evaluation
@@ -51,6 +53,8 @@ METRICS = {
 }
 CORPORA = ("pydocs", "fortunes", "debian")
 HELDOUT = 0.1
+#: --reuse: keep checkpoints an earlier run of this benchmark wrote (their recorded CLI time included).
+REUSE = False
 
 
 def debian_descriptions(limit: int = 4000) -> list[str]:
@@ -104,38 +108,91 @@ def references(model: str, teacher: Any, evaluations: dict[str, Any]) -> list[di
     return list(rows.values())
 
 
-def variant_row(
-    model: str, ratio: float, domain: bool, teacher: Any, tokenizer: Any, files: dict[str, Path], evaluations: dict
-) -> dict[str, Any]:
-    """Compress a copy of the teacher at ``ratio`` and measure it on every corpus."""
-    student = copy.deepcopy(teacher)
-    options = CompressOptions(ratio=ratio, domain=domain, data=str(files["train"]), distill=False, report=False)
+def cli_checkpoint(model: str, ratio: float, seed: int, threads: int, domain: bool, files: dict[str, Path]) -> Path:
+    """Run the CLI exactly as a user does (``embcompress --threads T compress MODEL --ratio R --seed S``) and
+    return the written folder; the command's own wall clock and peak RSS go into ``OUT.bench.json``."""
+    out = WORK / "anytext-ckpt" / f"{model}-{ratio:g}x-s{seed}-t{threads}{'-domain' if domain else ''}"
+    cmd = [sys.executable, "-m", "embcompress", "--threads", str(threads), "compress", model, "--ratio", f"{ratio:g}"]
+    cmd += ["--seed", str(seed), "--no-distill", "--no-report", "-o", str(out), "--overwrite", "--json"]
+    cmd += ["--domain", "--data", str(files["train"])] if domain else []
+    if REUSE and (out.parent / f"{out.name}.bench.json").is_file():
+        return out
     start = time.perf_counter()
-    result = compress_model(student, tokenizer, options, model)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+    info = {"command": " ".join(cmd[2:]), "seconds": round(seconds, 1), "result": json.loads(proc.stdout)}
+    (out.parent / f"{out.name}.bench.json").write_text(json.dumps(info, indent=2, default=str))
+    return out
+
+
+def reload(model: str, folder: Path) -> Any:
+    """The checkpoint loaded the way a user loads it: ``import embcompress`` + the Auto class's from_pretrained."""
+    auto = transformers.AutoModelForCausalLM if model == "smollm2" else transformers.AutoModel
+    return auto.from_pretrained(str(folder)).eval()
+
+
+def variant_row(
+    model: str, ratio: float, seed: int, threads: int, domain: bool, files: dict[str, Path], evaluations: dict
+) -> dict[str, Any]:
+    """Compress through the CLI, reload the written checkpoint and measure it on every corpus."""
+    folder = cli_checkpoint(model, ratio, seed, threads, domain, files)
+    info = json.loads((folder.parent / f"{folder.name}.bench.json").read_text())
     row: dict[str, Any] = {
         "variant": f"compress --ratio {ratio:g}" + (" --domain" if domain else ""),
         "ratio": ratio,
-        "layout": result.layout,
-        "bytes": result.embedding_bytes,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seed": seed,
+        "threads": threads,
+        "layout": info["result"]["layout"],
+        "bytes": info["result"]["embedding_bytes"],
+        "seconds": info["seconds"],
+        "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
     }
+    student = reload(model, folder)
     for corpus, ev in evaluations.items():
         row[corpus] = pick(compare(student, ev.teacher, ev.buckets, ev.special_ids), model)
     logger.info("%s %s", model, json.dumps(row))
     return row
 
 
-def run_model(model: str, ratios: list[float], domain_ratios: list[float], files: dict[str, Path]) -> dict[str, Any]:
+def run_model(model: str, args: argparse.Namespace, files: dict[str, Path]) -> dict[str, Any]:
     _, teacher, tokenizer = load_source(model, LoadOptions())
     dense = teacher.get_input_embeddings().weight
     evaluations = {c: prepare_evaluation(teacher, tokenizer, files[c], report_options()) for c in CORPORA}
     rows = references(model, teacher, evaluations)
-    rows += [variant_row(model, r, False, teacher, tokenizer, files, evaluations) for r in ratios]
-    rows += [variant_row(model, r, True, teacher, tokenizer, files, evaluations) for r in domain_ratios]
+    for ratio in args.ratios:
+        for seed in args.seeds if ratio == args.ratios[0] else args.seeds[:1]:
+            rows.append(variant_row(model, ratio, seed, args.threads[0], False, files, evaluations))
+    first = args.ratios[0]
+    for threads in args.threads[1:]:  # same seed, other thread count: must write the same bytes
+        rows.append(variant_row(model, first, args.seeds[0], threads, False, files, evaluations))
+    rows += [
+        variant_row(model, r, args.seeds[0], args.threads[0], True, files, evaluations) for r in args.domain_ratios
+    ]
     entries = dense.numel()
     for row in rows:
         row["bits_per_weight"] = round(8 * row["bytes"] / entries, 3)
-    return {"shape": list(dense.shape), "rows": rows, "verdicts": verdicts(model, rows)}
+    return {"shape": list(dense.shape), "rows": rows, "verdicts": verdicts(model, rows), "spread": spread(model, rows)}
+
+
+def spread(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per ratio: min/max of every metric over the seeds and thread counts run, and whether the same seed wrote
+    the same bytes under every thread count."""
+    out: dict[str, Any] = {}
+    for ratio in sorted({r["ratio"] for r in rows if "seed" in r and "--domain" not in r["variant"]}):
+        group = [r for r in rows if r.get("ratio") == ratio and "--domain" not in r["variant"]]
+        cell: dict[str, Any] = {"runs": len(group), "seeds": sorted({r["seed"] for r in group})}
+        for corpus in CORPORA:
+            for metric, _ in METRICS[model]:
+                values = [r[corpus][metric] for r in group]
+                cell[f"{corpus} {metric}"] = [min(values), max(values)]
+        by_seed: dict[int, set[str]] = {}
+        for r in group:
+            by_seed.setdefault(r["seed"], set()).add(r["sha256"])
+        cell["same_bytes_across_threads"] = all(len(d) == 1 for d in by_seed.values())
+        out[f"{ratio:g}"] = cell
+    return out
 
 
 def _better(a: float, b: float, higher: bool) -> bool:
@@ -184,12 +241,28 @@ def markdown(results: dict[str, Any]) -> str:
         out += [f"## {model} ({data['shape'][0]} x {data['shape'][1]})", "", "| " + " | ".join(head) + " |"]
         out.append("|" + "---|" * len(head))
         for row in data["rows"]:
-            cells = [row["variant"], f"{row['bytes'] / 1e6:.2f}", f"{row['bits_per_weight']:.2f}"]
+            label = row["variant"] + (f" (seed {row['seed']}, {row['threads']} threads)" if "seed" in row else "")
+            cells = [label, f"{row['bytes'] / 1e6:.2f}", f"{row['bits_per_weight']:.2f}"]
             cells += [f"{row[c][m]:.4f}" for c in CORPORA for m in metrics]
             out.append("| " + " | ".join(cells) + " |")
         out += [""] + [f"- {line}" for line in data["verdicts"]] + [""]
-        layouts = [f"- `{r['variant']}`: {r['layout']} ({r['seconds']} s)" for r in data["rows"] if "layout" in r]
-        out += ["Layouts and compress times (2 CPU cores):", "", *layouts, ""]
+        layouts = [
+            f"- `{r['variant']}` seed {r['seed']}, {r['threads']} threads: {r['layout']} ({r['seconds']} s, "
+            f"sha256 {r['sha256'][:12]})"
+            for r in data["rows"]
+            if "layout" in r
+        ]
+        out += ["Layouts, CLI wall clock (2 CPU cores) and checkpoint digests:", "", *layouts, ""]
+        for ratio, cell in data["spread"].items():
+            ranges = "; ".join(
+                f"{k} {v[0]:.4f}-{v[1]:.4f}" for k, v in cell.items() if isinstance(v, list) and k != "seeds"
+            )
+            same = "identical bytes" if cell["same_bytes_across_threads"] else "DIFFERENT bytes"
+            out += [
+                f"- {ratio}x over seeds {cell['seeds']} and thread counts ({cell['runs']} runs): {ranges}; {same} "
+                "for the same seed",
+                "",
+            ]
     if "cli" in results:
         out += [f"Default command `{results['cli']['command']}`: {results['cli']['seconds']} s wall clock.", ""]
     return "\n".join(out)
@@ -199,22 +272,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="minilm,smollm2")
     parser.add_argument("--ratios", default="8,11,16", help="Default-mode ratios (comma list).")
-    parser.add_argument("--domain-ratios", default="8", help="--domain ratios for comparison ('' for none).")
+    parser.add_argument("--seeds", default="0,1,2", help="Calibration seeds of the first ratio (comma list).")
+    parser.add_argument(
+        "--threads",
+        default="2,1",
+        help="Thread counts; the first for every run, the others re-run "
+        "the first ratio and seed to check the bytes do not change.",
+    )
+    parser.add_argument("--domain-ratios", default="", help="--domain ratios for comparison ('' for none).")
     parser.add_argument("--time-cli", action="store_true", help="Also time the README's default MiniLM command.")
     parser.add_argument("--tag", default=None, help="Suffix of the result files.")
+    parser.add_argument("--reuse", action="store_true", help="Reuse checkpoints an earlier run wrote.")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     files = corpora(WORK / "anytext-corpora")
-    ratios = [float(r) for r in args.ratios.split(",") if r]
-    domain_ratios = [float(r) for r in args.domain_ratios.split(",") if r]
-    results: dict[str, Any] = {"machine": machine(), "ratios": ratios, "domain_ratios": domain_ratios, "models": {}}
+    args.ratios = [float(r) for r in args.ratios.split(",") if r]
+    args.domain_ratios = [float(r) for r in args.domain_ratios.split(",") if r]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    results: dict[str, Any] = {"machine": machine(), "models": {}}
+    results.update({k: getattr(args, k) for k in ("ratios", "domain_ratios", "seeds", "threads")})
     results["note"] = (
-        "No distillation. Default mode (transform code) uses no text; --domain counts tokens on the train side of a "
-        "90/10 hash split of the Python docs. Measured on the held-out 10% (pydocs), Debian fortunes and Debian "
-        "package descriptions. MB = stored embedding bytes (a tied matrix once), bits/w = 8 * bytes / entries."
+        "Every compressed row is the checkpoint `embcompress --threads T compress MODEL --ratio R --seed S "
+        "--no-distill` wrote, reloaded with `import embcompress` + `AutoModel*.from_pretrained` as a user loads it. "
+        "No distillation; the default mode uses no text (--domain counts tokens on the train side of a 90/10 hash "
+        "split of the Python docs). Measured on the held-out 10% (pydocs), Debian fortunes and Debian package "
+        "descriptions. MB = stored embedding bytes (a tied matrix once), bits/w = 8 * bytes / entries."
     )
     for model in args.models.split(","):
-        results["models"][model] = run_model(model, ratios, domain_ratios, files)
+        results["models"][model] = run_model(model, args, files)
     if args.time_cli:
         results["cli"] = time_cli(files)
     name = "quality_anytext" + (f"_{args.tag}" if args.tag else "")

@@ -3,6 +3,7 @@ on tiny real models with a trained tokenizer and a text corpus."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from embcompress.compress import (
     Layout,
     choose_layout,
     compress_checkpoint,
+    compress_model,
     fixed_layout,
     largest_tail_rank,
     layout_bytes,
@@ -264,3 +266,33 @@ def compress_model_dir(folder: Path, corpus: Path) -> CompressResult:
     result = embcompress.compress_model(model, tokenizer, CompressOptions(ratio=2.0, data=str(corpus)))
     assert isinstance(model.get_input_embeddings(), embcompress.CompressedEmbedding) and result.output is None
     return result
+
+
+def test_the_same_seed_writes_the_same_bytes_whatever_the_thread_count(tmp_path: Path) -> None:
+    teacher = _teacher_dir(tmp_path, "llama-tied")
+    digests = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = tmp_path / f"out{threads}"
+            compress_checkpoint(str(teacher), out, CompressOptions(ratio=2.0, seed=3, report=False))
+        finally:
+            torch.set_num_threads(previous)
+        digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert torch.get_num_threads() == previous  # the calibration's single thread is given back
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "bert-encoder"])
+def test_the_written_checkpoint_reloads_to_the_in_memory_student(tmp_path: Path, name: str) -> None:
+    teacher = _teacher_dir(tmp_path, name)
+    model = transformers.AutoModel.from_pretrained(teacher) if name == "bert-encoder" else None
+    model = model or transformers.AutoModelForCausalLM.from_pretrained(teacher)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(teacher)
+    compress_model(model, tokenizer, CompressOptions(ratio=2.0, report=False))
+    model.save_pretrained(tmp_path / "out")
+    auto = transformers.AutoModel if name == "bert-encoder" else transformers.AutoModelForCausalLM
+    reloaded = auto.from_pretrained(tmp_path / "out")
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(forward_logits(model.eval(), ids), forward_logits(reloaded, ids))

@@ -32,3 +32,10 @@ def test_wordpiece_unused_tokens_go_last(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     priority = token_priority(BertTokenizerFast(str(tmp_path / "vocab.txt")), len(vocab))
     assert priority.tolist()[-2:] == [1, 2] and priority.tolist()[:3] == [0, 3, 4]
+
+
+def test_wordpiece_non_ascii_single_characters_go_after_the_words(tmp_path: Path) -> None:
+    vocab = ["[PAD]", "[unused0]", "[UNK]", "!", "a", "ð", "ﬁ", "##s", "##ð", "the", "of"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    priority = token_priority(BertTokenizerFast(str(tmp_path / "vocab.txt")), len(vocab))
+    assert priority.tolist() == [0, 2, 3, 4, 7, 9, 10, 5, 6, 8, 1]

@@ -53,6 +53,7 @@ from .sizes import DENSE, layout_bytes
 from .sources import LoadOptions, hf_kwargs, input_paths, load_source, load_tokenizer, model_class, resolve_source
 from .spectral import weighted_singular_values
 from .surgery import find_targets
+from .threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -519,12 +520,13 @@ def _robust_factorize(
     model: nn.Module, tokenizer: Any, options: CompressOptions, float_dtype: str, reporter: Reporter
 ) -> tuple[dict[str, Any], str]:
     """Default mode: the transform code within ``dense bytes / ratio``, independent of any text."""
-    with reporter.stage("measuring the error metric"):
-        metric, measured = calibration_metric(model, tokenizer, options)
     fopts = FactorizeOptions(method="transform", ratio=options.ratio, factor_dtype=float_dtype, seed=options.seed)
     priority = token_priority(tokenizer, model.get_input_embeddings().weight.shape[0])
-    with reporter.stage("transform-coding the embeddings"):
-        result = factorize_model(model, fopts, metric=metric, priority=priority)
+    with torch_threads(1):  # the same seed writes the same bytes whatever --threads says
+        with reporter.stage("measuring the error metric"):
+            metric, measured = calibration_metric(model, tokenizer, options)
+        with reporter.stage("transform-coding the embeddings"):
+            result = factorize_model(model, fopts, metric=metric, priority=priority)
     options_of = model.get_input_embeddings().spec.options
     head = options_of.get("head_rows", 0)
     layout = "transform code: " + (f"{head:,} most frequent rows (vocabulary order) at int8, the rest " if head else "")

@@ -96,13 +96,28 @@ def token_priority(tokenizer: Any | None, vocab_size: int) -> torch.Tensor:
     order, SentencePiece score order and WordPiece frequency order all put frequent tokens first), with
     placeholder tokens that never occur in text (``[unused0]``, ``<unused12>``) moved to the end.
 
+    WordPiece vocabularies open with every single character in code-point order (``ð``, ``ﬁ``, ``！``...)
+    before the words in frequency order; their non-ASCII single characters go after the words.
+
     Measured on SmolLM2, keeping the first 1,000 ids exact cut the LM head's KL 4x on four English
     corpora, about as much as the 1,000 tokens the evaluation text itself predicted most.
     """
     ids = torch.arange(vocab_size)
     if tokenizer is None:
         return ids
-    names = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
-    placeholder = torch.zeros(vocab_size, dtype=torch.bool)
-    placeholder[: len(names)] = torch.tensor([bool(_PLACEHOLDER.match(str(n or ""))) for n in names])
-    return torch.cat([ids[~placeholder], ids[placeholder]])
+    names = [str(n or "") for n in tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))]
+    rank = torch.zeros(vocab_size, dtype=torch.int64)  # 0 keeps the id order, 1 after the words, 2 last
+    rank[: len(names)] = torch.tensor([2 if _PLACEHOLDER.match(n) else 0 for n in names])
+    if _is_wordpiece(tokenizer, names):
+        rare = torch.tensor([len(n.removeprefix("##")) == 1 and not n.isascii() for n in names])
+        rank[: len(names)] = torch.where(rare & (rank[: len(names)] == 0), 1, rank[: len(names)])
+    return ids[torch.argsort(rank * vocab_size + ids)]
+
+
+def _is_wordpiece(tokenizer: Any, names: list[str]) -> bool:
+    """Whether ``tokenizer`` is a WordPiece vocabulary (its backend says so, else ``##`` continuations abound)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    if model is not None:
+        return type(model).__name__ == "WordPiece"
+    return sum(n.startswith("##") for n in names) > len(names) // 20

@@ -27,10 +27,11 @@ def _start_id(tokenizer: Any) -> int:
 
 @torch.no_grad()
 def sample_ids(
-    model: nn.Module, tokenizer: Any, documents: int = 32, tokens: int = 128, seed: int = 0, batch_size: int = 8
+    model: nn.Module, tokenizer: Any, documents: int = 32, tokens: int = 128, seed: int = 0, batch_size: int = 32
 ) -> torch.Tensor:
     """``documents x (tokens + 1)`` ids sampled from ``model`` (nucleus 0.95, temperature 1) after a
-    start token; reproducible for a seed (the global RNG is restored afterwards)."""
+    start token; reproducible for a seed (the global RNG is restored afterwards). Decoding is bound by
+    reading the weights once per step, so a whole batch of documents costs about what one does."""
     start = _start_id(tokenizer)
     config = transformers.GenerationConfig(
         do_sample=True,

@@ -67,6 +67,11 @@ def compress(
     gguf_file: GgufFile = None,
     device: AutoDevice = None,
     seed: int = typer.Option(_default("seed"), help="Seed of the fit, the data order and the sampling."),
+    report: bool = typer.Option(
+        _default("report"),
+        "--report/--no-report",
+        help="Measure the quality report (--no-report: for scripts that measure the checkpoint themselves).",
+    ),
     overwrite: Overwrite = False,
     trust_remote_code: TrustRemoteCode = False,
     json_out: JsonOut = False,
@@ -86,6 +91,7 @@ def compress(
         text_field=text_field,
         dense_rows=dense_rows,
         tail_rank=tail_rank,
+        report=report,
     )
     load = LoadOptions(gguf_file=gguf_file, device=auto_device(device), trust_remote_code=trust_remote_code)
     result = compress_checkpoint(model, output, options, load, overwrite, RichReporter(enabled=not json_out))

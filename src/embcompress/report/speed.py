@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..threads import torch_threads
+
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
@@ -46,13 +48,8 @@ def measure_speed(
     torch CPU threads for the measurement only (on a busy shared CPU, 1 thread gives steadier small-op
     timings: a multi-threaded lookup waits for a second core).
     """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _measure(teacher, student, batch, repeats)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _measure(teacher: nn.Module, student: nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> dict[str, Any]:
