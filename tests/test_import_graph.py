@@ -71,6 +71,9 @@ LAYERS: dict[str, int] = {
     # `embcompress distill`, `embcompress report` (packages)
     "embcompress.distill": 9,
     "embcompress.report": 9,
+    # ONNX checks and int8 quantization under `embcompress export`
+    "embcompress.onnx_check": 9,
+    "embcompress.onnx_quantize": 9,
     # `embcompress compress`, `embcompress export`
     "embcompress.compress": 10,
     "embcompress.export": 10,
@@ -90,6 +93,8 @@ LOCAL_IMPORT_ALLOW: dict[str, set[str]] = {
     "embcompress.methods.nmf": {"sklearn"},
     "embcompress.data": {"pyarrow"},
     "embcompress.onnx_export": {"onnx", "onnxruntime"},
+    "embcompress.onnx_check": {"onnx"},
+    "embcompress.onnx_quantize": {"onnx", "onnxruntime"},
 }
 
 

@@ -97,6 +97,29 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return (planes * weights).sum(-1).to(torch.int64)
 
 
+def unpack_bits_bytewise(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """:func:`unpack_bits` in 16-bit windows: the same int64 values, for graphs that other runtimes execute.
+
+    Value ``i`` starts at bit ``i * bits``, so it lies within the byte there and the next one (``bits <= 8``
+    and a shift below 8 need at most 15 bits). Each value is read from those two bytes as an int32
+    ``lo + 256 * hi``, divided by its shift and masked: every intermediate stays below ``2**16``, so
+    runtimes that reduce int64 through doubles (onnxruntime's ``ReduceSum`` loses bits above ``2**53``,
+    where :func:`unpack_bits`' 56-bit words for 7 bits land) compute it exactly. One ``Gather`` per byte
+    plane and elementwise int32 ops; the indices and divisors are constants of ``n`` and ``bits``.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    device = packed.device
+    start = torch.arange(n, dtype=torch.int64, device=device) * bits
+    lo = start // 8
+    # A value that ends in the last byte needs no next byte: the mask drops whatever the clamped index reads.
+    hi = (lo + 1).clamp(max=packed.shape[-1] - 1)
+    divisor = (2 ** (start % 8)).to(torch.int32)
+    window = packed.index_select(-1, lo).to(torch.int32) + packed.index_select(-1, hi).to(torch.int32) * 256
+    values = torch.div(window, divisor, rounding_mode="trunc") & ((1 << bits) - 1)
+    return values.to(torch.int64)
+
+
 def packed_nbytes(n: int, bits: int) -> int:
     """Bytes :func:`pack_bits` uses for ``n`` values of ``bits`` bits."""
     return (n * bits + 7) // 8

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,10 @@ from .checkpoint import SUMMARY_NAME, atomic_output_dir, check_output_dir, copy_
 from .checkpoint import load as load_compressed
 from .errors import EmbcompressError
 from .modules import CompressedEmbedding
-from .quant import fast_kernels
+from .onnx_check import CHECK_BATCH, CheckResult, check_model, check_tables, max_positions, quantized_diff, scope_of
+from .onnx_quantize import QUANTIZED_FILES, check_quantize, quantize_int8
+
+logger = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
 ONNX_NAME = "model.onnx"
@@ -64,7 +68,10 @@ class OnnxExportResult(OnnxSignature):
     path: str
     file_bytes: int
     max_abs_diff: float | None = None
+    table_max_abs_diff: float | None = None
     initializers: dict[str, int] = field(default_factory=dict)
+    quantize: str | None = None
+    max_abs_diff_float: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,16 +154,37 @@ def export_model_onnx(
 ) -> OnnxExportResult:
     """Trace ``model`` (compressed or dense) into ``path`` with dynamic batch and sequence axes.
 
-    ``check`` runs the file in onnxruntime on the example inputs and records the largest absolute
-    difference to PyTorch. Raises :class:`EmbcompressError` when a compressed module's factors were
-    folded into a dense float ``V x H`` initializer.
+    ``check`` runs the file in onnxruntime against PyTorch (:mod:`embcompress.onnx_check`: the whole
+    model on real-size inputs and every row of each compressed embedding) and raises
+    :class:`~embcompress.onnx_check.ExportMismatchError` above the tolerance. Raises
+    :class:`EmbcompressError` when a compressed module's factors were folded into a dense float ``V x H``
+    initializer.
     """
     onnx = require_package("onnx")
     signature = onnx_signature(model)
     traced = _Traced(model, signature).eval()  # puts ``model`` in eval mode too
-    inputs = example_inputs(model, signature)
-    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in [*signature.inputs, signature.output]}
     out = Path(path)
+    _trace(traced, example_inputs(model, signature), out, opset)
+    onnx_model = onnx.load(str(out), load_external_data=False)
+    folded = [
+        init.name
+        for init in onnx_model.graph.initializer
+        if tuple(init.dims) in dense_shapes(model) and init.data_type in (1, 10, 16)
+    ]
+    if folded:
+        raise EmbcompressError(f"ONNX export multiplied the factors out into dense initializer(s) {folded[:3]}")
+    result = OnnxExportResult(
+        **asdict(signature), path=str(out), file_bytes=out.stat().st_size, initializers=_initializer_bytes(onnx_model)
+    )
+    if check:
+        checked = verify_onnx(traced, out)
+        result.max_abs_diff, result.table_max_abs_diff = checked.max_abs_diff, checked.table_max_abs_diff
+    return result
+
+
+def _trace(traced: _Traced, inputs: list[torch.Tensor], out: Path, opset: int) -> None:
+    signature = traced.signature
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in [*signature.inputs, signature.output]}
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings on transformers' shape arithmetic
@@ -171,34 +199,34 @@ def export_model_onnx(
             output_names=[signature.output],
             dynamic_axes=axes,
         )
-    onnx_model = onnx.load(str(out), load_external_data=False)
-    folded = [
-        init.name
-        for init in onnx_model.graph.initializer
-        if tuple(init.dims) in dense_shapes(model) and init.data_type in (1, 10, 16)
-    ]
-    if folded:
-        raise EmbcompressError(f"ONNX export multiplied the factors out into dense initializer(s) {folded[:3]}")
-    result = OnnxExportResult(
-        **asdict(signature), path=str(out), file_bytes=out.stat().st_size, initializers=_initializer_bytes(onnx_model)
-    )
-    if check:
-        session = onnx_session(out)
-        with torch.no_grad(), fast_kernels(False):
-            expected = traced(*inputs).float().numpy()
-        got = session.run(None, {n: t.numpy() for n, t in zip(signature.inputs, inputs, strict=True)})[0]
-        result.max_abs_diff = float(abs(expected - got).max())
-    return result
 
 
-def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """A CPU onnxruntime session on ``path``."""
+def check_inputs(model: nn.Module, signature: OnnxSignature) -> list[torch.Tensor]:
+    """Real-size inputs of the check: :data:`~embcompress.onnx_check.CHECK_BATCH` sequences of up to
+    :data:`~embcompress.onnx_check.CHECK_SEQ` tokens."""
+    return example_inputs(model, signature, batch=CHECK_BATCH, seq=max_positions(model))
+
+
+def verify_onnx(traced: _Traced, path: Path, tables: bool = True) -> CheckResult:
+    """Compare the file at ``path`` with ``traced`` (see :mod:`embcompress.onnx_check`); raises above the
+    tolerance. ``tables=False`` skips the every-row check."""
+    model, signature = traced.model, traced.signature
+    inputs = check_inputs(model, signature)
+    diff = check_model(traced, inputs, signature.inputs, onnx_session(path), chunk=2 if signature.causal else 4)
+    table = check_tables(model, str(path), onnx_session) if tables else None
+    logger.info("ONNX vs PyTorch: max |diff| %.3g on the model, %s on every embedding row", diff, table)
+    return CheckResult(diff, table, inputs[0].numel())
+
+
+def onnx_session(path: str | os.PathLike[str] | bytes, threads: int | None = None) -> Any:
+    """A CPU onnxruntime session on ``path`` (or a serialized model)."""
     ort = require_package("onnxruntime", "checking an ONNX export")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _write_plain_config(folder: Path, dest: Path) -> None:
@@ -214,19 +242,50 @@ def export_onnx(
     overwrite: bool = False,
     opset: int = OPSET,
     check: bool = True,
+    quantize: str | None = None,
 ) -> OnnxExportResult:
     """Export a compressed checkpoint to ``out/onnx/model.onnx`` beside its config, tokenizer and
-    sentence-transformers files (the layout ``SentenceTransformer(out, backend="onnx")`` and optimum's
-    ``ORTModel*.from_pretrained(out, subfolder="onnx")`` look for)."""
+    sentence-transformers files (the layout ``SentenceTransformer(out, backend="onnx")``, optimum's
+    ``ORTModel*.from_pretrained(out, subfolder="onnx")`` and transformers.js look for).
+
+    ``quantize="int8"`` writes ``out/onnx/model_quantized.onnx`` instead (transformers.js' dtype ``"q8"``):
+    every other weight int8 per channel (:mod:`embcompress.onnx_quantize`), the embedding in its code.
+    The file is checked against PyTorch before anything appears at ``out`` (see :func:`verify_onnx`).
+    """
     require_package("onnx")
+    check_quantize(quantize)
+    if quantize:
+        require_package("onnxruntime", "--quantize")
     out_path, src = Path(out), Path(folder)
     check_output_dir(out_path, overwrite, [src])
     model = load_compressed(src, dtype=torch.float32)
     with atomic_output_dir(out_path, overwrite, [src]) as tmp:
         result = export_model_onnx(model, tmp / ONNX_DIR / ONNX_NAME, opset=opset, check=check)
+        if quantize:
+            _quantize_in_place(model, result, tmp / ONNX_DIR, quantize, check)
         copy_aux_files(src, tmp)
         _write_plain_config(src, tmp)
-        record = {**result.to_dict(), "path": f"{ONNX_DIR}/{ONNX_NAME}", "source": str(src), "format": "onnx"}
+        name = Path(result.path).name
+        record = {**result.to_dict(), "path": f"{ONNX_DIR}/{name}", "source": str(src), "format": "onnx"}
         write_json(tmp / SUMMARY_NAME, record)
-    result.path = str(out_path / ONNX_DIR / ONNX_NAME)
+    result.path = str(out_path / ONNX_DIR / Path(result.path).name)
     return result
+
+
+def _quantize_in_place(model: nn.Module, result: OnnxExportResult, folder: Path, quantize: str, check: bool) -> None:
+    """Replace the checked float file in ``folder`` by its quantized version; ``result`` describes it after.
+    The compressed embeddings must still match PyTorch row for row; the rest differs by int8 rounding
+    (recorded as ``max_abs_diff``, ``max_abs_diff_float`` keeps the float file's)."""
+    onnx = require_package("onnx")
+    src, dest = folder / ONNX_NAME, folder / QUANTIZED_FILES[quantize]
+    scopes = [scope_of(name) for name, m in model.named_modules() if isinstance(m, CompressedEmbedding)]
+    quantize_int8(src, dest, scopes)
+    src.unlink()
+    result.quantize, result.max_abs_diff_float = quantize, result.max_abs_diff
+    result.path, result.file_bytes = str(dest), dest.stat().st_size
+    result.initializers = _initializer_bytes(onnx.load(str(dest), load_external_data=False))
+    if check:
+        traced = _Traced(model, onnx_signature(model)).eval()
+        inputs = check_inputs(model, traced.signature)
+        result.max_abs_diff = quantized_diff(traced, inputs, traced.signature.inputs, onnx_session(dest))
+        result.table_max_abs_diff = check_tables(model, str(dest), onnx_session)

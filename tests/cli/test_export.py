@@ -9,13 +9,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
+from click.testing import Result
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import embcompress
+from embcompress import export as export_module
 from embcompress.cli import app
+from embcompress.codec import unpack_bits_bytewise
+from embcompress.methods import transform
+from embcompress.surgery import densify
 from helpers.models import forward_logits
 
 # Runs in a fresh interpreter: loads each dense export with transformers only and prints its logits as JSON.
@@ -156,3 +162,81 @@ def test_export_onnx_layout(tiny_model_dir: Callable[[str], Path], tmp_path: Pat
     assert hashes(src) == before
     both = CliRunner().invoke(app, ["export", "--onnx", "--dense", str(src), "-o", str(tmp_path / "x")])
     assert both.exit_code == 2 and "choose an export format" in both.stderr
+
+
+def transform_coded(tiny_model_dir: Callable[[str], Path], tmp_path: Path, name: str) -> Path:
+    out = tmp_path / f"transform-{name}"
+    args = ["factorize", str(tiny_model_dir(name)), "-o", str(out), "-m", "transform", "--ratio", "3"]
+    result = CliRunner().invoke(app, [*args, "-O", "head_rows=10"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def off_by_one(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """A broken unpacking: every code one level up."""
+    return (unpack_bits_bytewise(packed, bits, n) + 1) % (2**bits)
+
+
+def assert_refused(result: Result, out: Path, match: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], result.stderr
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no staging copy left
+
+
+def test_onnx_export_with_broken_unpacking_is_refused(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = transform_coded(tiny_model_dir, tmp_path, "bert-encoder")
+    monkeypatch.setattr(transform, "unpack_bits_bytewise", off_by_one)  # only the traced graph unpacks this way
+    out = tmp_path / "onnx-out"
+    result = CliRunner().invoke(app, ["export", "--onnx", str(src), "-o", str(out)])
+    assert_refused(result, out, "differs from PyTorch by up to")
+    assert "the export was not written" in result.stderr
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["export", "--onnx", str(src), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["max_abs_diff"] < 1e-4 and info["table_max_abs_diff"] < 1e-6
+    assert json.loads((out / "embcompress.json").read_text())["table_max_abs_diff"] == info["table_max_abs_diff"]
+
+
+def test_dense_export_that_changes_rows_is_refused(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = compressed(tiny_model_dir, tmp_path, "llama-untied")
+
+    def broken(model: torch.nn.Module) -> torch.nn.Module:
+        dense = densify(model)
+        with torch.no_grad():
+            dense.get_input_embeddings().weight[7] += 0.5
+        return dense
+
+    monkeypatch.setattr(export_module, "densify", broken)
+    out = tmp_path / "dense"
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out)])
+    assert_refused(result, out, "every embedding row: the export differs from PyTorch")
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["export", "--dense", str(src), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_abs_diff"] < 1e-5
+
+
+def test_export_onnx_quantize_int8(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    src = transform_coded(tiny_model_dir, tmp_path, "bert-encoder")
+    out = tmp_path / "q8"
+    result = CliRunner().invoke(app, ["export", "--onnx", str(src), "-o", str(out), "--quantize", "int8", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model_quantized.onnx"]  # transformers.js "q8"
+    assert info["quantize"] == "int8" and info["path"].endswith("onnx/model_quantized.onnx")
+    assert info["table_max_abs_diff"] < 1e-6  # the embedding stays in its code, row for row
+    assert info["max_abs_diff_float"] < 1e-4
+    assert info["initializers"]["int8"] > 0 and info["initializers"].get("float32", 0) < info["initializers"]["int8"]
+    for bad, match in [
+        (["--quantize", "int4"], "--quantize must be one of: int8; got 'int4'"),
+        (["--quantize", "int8", "--dense"], "--quantize int8 needs --onnx"),
+    ]:
+        args = ["export", *([] if "--dense" in bad else ["--onnx"]), str(src), "-o", str(tmp_path / "bad"), *bad]
+        assert_refused(CliRunner().invoke(app, args), tmp_path / "bad", match)

@@ -34,6 +34,7 @@ from ..codec import (
     packed_nbytes,
     quantize_head,
     unpack_bits,
+    unpack_bits_bytewise,
 )
 from ..config import ModuleSpec
 from ..errors import BudgetError, EmbcompressError
@@ -81,6 +82,11 @@ class TransformOptions(MethodOptions):
             raise EmbcompressError(f"transform option iters must be at least 1, got {self.iters}")
         if self.head_rows < -1:
             raise EmbcompressError(f"transform option head_rows must be -1 (auto), 0 or more, got {self.head_rows}")
+
+
+def _tracing() -> bool:
+    """Traced for a graph (TorchScript or ONNX export): take the graph-friendly code paths."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def groups_of(spec: ModuleSpec) -> list[tuple[int, int]]:
@@ -174,7 +180,7 @@ class TransformCodedEmbedding(CompressedEmbedding):
     def slots(self) -> torch.Tensor:
         """``(V,)`` int64: where each token id lives in ``[head rows..., bulk rows...]``. Derived from
         ``head_ids`` (not stored) and cached; rebuilt as graph operations when traced for export."""
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        tracing = _tracing()
         key = (self.head_ids.data_ptr(), self.head_ids._version)
         cached = getattr(self, "_slots", None)
         if tracing or cached is None or cached[0] != key:
@@ -195,9 +201,11 @@ class TransformCodedEmbedding(CompressedEmbedding):
 
     def _levels(self, ids: torch.Tensor, books: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Codebook values ``u`` of bulk rows ``ids`` (flat), ``(len(ids), K)`` in the compute dtype."""
+        # Traced graphs unpack in int32 windows: other runtimes (onnxruntime) sum int64 through doubles.
+        unpack = unpack_bits_bytewise if _tracing() else unpack_bits
         parts = []
         for g, ((n, bits), (book, _)) in enumerate(zip(self.groups, books or self._books(), strict=True)):
-            parts.append(book[unpack_bits(self.get_parameter(f"codes_{g}")[ids], bits, n)])
+            parts.append(book[unpack(self.get_parameter(f"codes_{g}")[ids], bits, n)])
         return torch.cat(parts, -1)
 
     def int8_table(self) -> tuple[torch.Tensor, torch.Tensor]:
