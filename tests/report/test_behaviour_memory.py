@@ -36,6 +36,7 @@ def test_chunked_and_spilled_comparison_gives_the_same_numbers(tmp_path: Path, m
     assert not spilled
     monkeypatch.setattr(behaviour, "MEMORY_CACHE_BYTES", 1024)  # every teacher log-probability goes to the file
     monkeypatch.setattr(behaviour, "LOGITS_BYTES", 32 * 96 * 4)  # one row of 32 positions at a time
+    monkeypatch.setattr(behaviour, "COMPARE_BYTES", 7 * 96 * 4)  # compared 7 positions at a time
     chunked, spilled = _metrics(student, teacher, text)
     assert spilled
     for key in ("kl", "top1_agreement", "top5_agreement", "perplexity_ratio", "tokens"):

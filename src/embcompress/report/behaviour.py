@@ -38,6 +38,8 @@ MEMORY_CACHE_BYTES = 256 * 2**20
 #: Logits computed at once: rows of a batch go through the model in groups of at most this many bytes of
 #: float32 logits (at least one row), and log-probabilities are compared this many bytes at a time.
 LOGITS_BYTES = 128 * 2**20
+#: Log-probabilities compared at once (float32 bytes of one model's chunk; the KL holds ~5 such chunks).
+COMPARE_BYTES = 32 * 2**20
 
 
 class StoredLogp:
@@ -83,8 +85,8 @@ class StoredLogp:
 
 
 def token_chunk(vocab: int) -> int:
-    """Positions whose float32 logits fit :data:`LOGITS_BYTES` (at least one)."""
-    return max(1, LOGITS_BYTES // (4 * vocab))
+    """Positions whose float32 log-probabilities fit :data:`COMPARE_BYTES` (at least one)."""
+    return max(1, COMPARE_BYTES // (4 * vocab))
 
 
 @dataclass
