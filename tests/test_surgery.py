@@ -16,6 +16,7 @@ EXPECTED = {
     # name: (input path, output path, tied)
     "llama-tied": ("model.embed_tokens", "lm_head", True),
     "llama-untied": ("model.embed_tokens", "lm_head", False),
+    "gemma3": ("model.embed_tokens", "lm_head", True),
     "bert-mlm": ("bert.embeddings.word_embeddings", "cls.predictions.decoder", True),
     "bert-encoder": ("embeddings.word_embeddings", None, False),
     "roberta-mlm": ("roberta.embeddings.word_embeddings", "lm_head.decoder", True),

@@ -637,8 +637,24 @@ SCHEME_LABELS: dict[str, str] = {
 }
 
 
+#: Rows quantized at once by :func:`reference_quantize` (every scheme works within rows, so this is exact):
+#: whole-matrix temporaries of a 262144 x 640 matrix took 5.6 GB and 15-41 s per scheme, chunks ~10x less time.
+REFERENCE_CHUNK_ROWS = 4096
+
+
 def reference_quantize(name: str, matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Quantize ``matrix`` with the reference scheme ``name`` (see :data:`REFERENCE_SCHEMES`)."""
+    """Quantize ``matrix`` with the reference scheme ``name`` (see :data:`REFERENCE_SCHEMES`), a chunk of
+    :data:`REFERENCE_CHUNK_ROWS` rows at a time into one float32 result (the same values as all at once)."""
     if name not in REFERENCE_SCHEMES:
         raise ValueError(f"unknown reference scheme '{name}'; valid: {', '.join(REFERENCE_SCHEMES)}")
-    return REFERENCE_SCHEMES[name](matrix)
+    scheme = REFERENCE_SCHEMES[name]
+    if matrix.dim() != 2 or matrix.shape[0] <= REFERENCE_CHUNK_ROWS:
+        return scheme(matrix)
+    out = torch.empty(matrix.shape, dtype=torch.float32, device=matrix.device)
+    nbytes = 0
+    with torch.no_grad():
+        for start in range(0, matrix.shape[0], REFERENCE_CHUNK_ROWS):
+            part, size = scheme(matrix[start : start + REFERENCE_CHUNK_ROWS].detach())
+            out[start : start + part.shape[0]] = part
+            nbytes += size
+    return out, nbytes

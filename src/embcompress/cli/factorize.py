@@ -30,7 +30,7 @@ _load = LoadOptions.default
 
 @command
 def factorize(
-    model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
+    model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2, gemma3)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the compressed checkpoint to."),
     rank: int | None = typer.Option(_default("rank"), "--rank", "-r", help="Rank for every replaced matrix."),
     rank_input: int | None = typer.Option(

@@ -12,7 +12,7 @@ from ._common import GgufFile, JsonOut, RichReporter, Verbose, command, finish
 
 @command
 def inspect(
-    model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2)."),
+    model: str = typer.Argument(..., help="Local folder, hub id, .gguf file, or alias (minilm, smollm2, gemma3)."),
     gguf_file: GgufFile = None,
     spectrum: bool = typer.Option(True, help="Compute the singular-value spectrum summary."),
     json_out: JsonOut = False,

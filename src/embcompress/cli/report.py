@@ -17,6 +17,7 @@ from ..errors import CheckpointError, EmbcompressError
 from ..outputs import atomic_output, check_output
 from ..report import EvalOptions, ReportOptions, build_report, report_json, to_html, to_markdown
 from ..report.builder import check_vocabularies, read_summary
+from ..report.languages import build_language_report, language_sets
 from ..report.size import files_on_disk
 from ..report.tables import TableData, needs_text_note, report_tables
 from ..sources import LoadOptions, input_paths, load_model, load_source, load_tokenizer, resolve_source
@@ -84,7 +85,13 @@ def report(
     teacher: str | None = typer.Option(
         None, "--teacher", "-t", help="Original model (folder, hub id, .gguf, alias); default: the student's source."
     ),
-    data: Path | None = typer.Option(None, "--data", "-d", help="Evaluation text: file, folder, JSONL or parquet."),
+    data: list[str] | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Evaluation text: file, folder, JSONL or parquet; LANG=PATH (repeatable) or a folder of one subfolder "
+        "per language for quality per language and its average.",
+    ),
     freq_data: Path | None = typer.Option(None, help="Text for token-frequency buckets (default: --data)."),
     text_field: str | None = typer.Option(_report("text_field"), help="Text field / column of JSONL or parquet data."),
     fmt: str = typer.Option("rich", "--format", "-f", help="Output on stdout: rich, json or markdown."),
@@ -122,12 +129,14 @@ def report(
     if fmt not in FORMATS:
         raise EmbcompressError(f"unknown --format '{fmt}'; valid: {', '.join(FORMATS)}")
     check_html_path(html_out, overwrite)
-    for text in (data, freq_data):
+    sets = language_sets(data)
+    texts: list[Path] = list(sets.values()) if sets else [Path(d).expanduser() for d in data or []]
+    for text in (*texts, freq_data):
         if text is not None:
             check_text_files(text)  # a bad file fails now, not after both models are loaded
     inputs: list[Path] = []
     if html_out is not None:
-        inputs = [*input_paths(student, paths=[data, freq_data]), *input_paths(teacher, gguf_file=gguf_file)]
+        inputs = [*input_paths(student, paths=[*texts, freq_data]), *input_paths(teacher, gguf_file=gguf_file)]
         check_html_path(html_out, overwrite, inputs)
     options = ReportOptions(
         eval=EvalOptions(max_tokens=max_tokens, max_docs=max_docs, seq_len=seq_len, batch_size=batch_size, seed=seed),
@@ -145,19 +154,19 @@ def report(
         teacher_name, LoadOptions(gguf_file=gguf_file, dtype=dtype, device=device), reporter
     )
     check_vocabularies(student_tok, teacher_tok)
-    result = build_report(
-        student_model,
-        teacher_model,
-        teacher_tok or student_tok,
-        data,
-        options,
-        freq_data=freq_data,
-        student_dir=student_dir,
-        student_name=student,
-        teacher_name=teacher_name,
-        teacher_disk=files_on_disk(source.path, source.gguf_file) if source.kind != "hub" else None,
-        reporter=reporter,
-    )
+    common: dict[str, Any] = {
+        "freq_data": freq_data,
+        "student_dir": student_dir,
+        "student_name": student,
+        "teacher_name": teacher_name,
+        "teacher_disk": files_on_disk(source.path, source.gguf_file) if source.kind != "hub" else None,
+        "reporter": reporter,
+    }
+    tokenizer = teacher_tok or student_tok
+    if sets:
+        result = build_language_report(student_model, teacher_model, tokenizer, sets, options, **common)
+    else:
+        result = build_report(student_model, teacher_model, tokenizer, texts[0] if texts else None, options, **common)
     if html_out is not None:
         inputs += input_paths(teacher_name, gguf_file=gguf_file)
         write_html(html_out, to_html(result), overwrite, inputs)

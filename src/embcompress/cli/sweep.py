@@ -37,7 +37,7 @@ _eval = SWEEP_EVAL
 
 @command
 def sweep(
-    model: str = typer.Argument(..., help="Original model: folder, hub id, .gguf, or alias (minilm, smollm2)."),
+    model: str = typer.Argument(..., help="Original model: folder, hub id, .gguf, or alias (minilm, smollm2, gemma3)."),
     methods: str = typer.Option(
         ",".join(_grid("methods")), "--methods", "-m", help="Comma-separated methods (registered ones are used)."
     ),

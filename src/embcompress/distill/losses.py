@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..sentence import SentencePipeline
 
@@ -20,6 +23,40 @@ def kl_logits(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, 
     t = F.log_softmax(teacher.float() / temperature, dim=-1)
     per_pos = (t.exp() * (t - s)).sum(-1)
     return _masked_mean(per_pos, mask) * temperature**2
+
+
+def _kl_sum(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+    temperature: float,
+) -> torch.Tensor:
+    s = F.log_softmax(student_head(student_hidden).float() / temperature, dim=-1)
+    with torch.no_grad():
+        t = F.log_softmax(teacher_head(teacher_hidden).float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum()
+
+
+def kl_chunked(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+    mask: torch.Tensor,
+    temperature: float,
+    chunk: int,
+) -> torch.Tensor:
+    """:func:`kl_logits` from the two heads' inputs, ``chunk`` positions at a time: each chunk's logits are
+    recomputed in the backward pass (activation checkpointing), so one chunk's logits live at a time."""
+    keep = mask.bool()
+    hs, ht = student_hidden[keep], teacher_hidden[keep]
+    total = hs.new_zeros((), dtype=torch.float32)
+    for start in range(0, hs.shape[0], chunk):
+        args = (hs[start : start + chunk], ht[start : start + chunk], student_head, teacher_head, temperature)
+        part = checkpoint(_kl_sum, *args, use_reentrant=False) if torch.is_grad_enabled() else _kl_sum(*args)
+        total = total + part
+    return total / max(hs.shape[0], 1) * temperature**2
 
 
 def kl_topk(
@@ -72,6 +109,24 @@ def causal_lm(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> to
     """Next-token cross entropy per sequence position pair (predict ``ids[:, 1:]``)."""
     ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
     return _masked_mean(ce, mask[:, 1:])
+
+
+def causal_lm_chunked(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """:func:`causal_lm` from the head's input, ``chunk`` positions at a time (no gradient: for evaluation)."""
+    keep = mask[:, 1:].bool()
+    states, targets = hidden[:, :-1][keep], ids[:, 1:][keep]
+    total = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, states.shape[0], chunk):
+            logits = head(states[start : start + chunk]).float()
+            total += float(F.cross_entropy(logits, targets[start : start + chunk], reduction="sum"))
+    return (total / max(states.shape[0], 1)).float()
 
 
 def masked_lm(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,51 @@ class Outputs:
     logits: torch.Tensor | None
     hidden: list[torch.Tensor]
     last_hidden: torch.Tensor | None
+    #: The LM head's input, when the logits are left to :func:`head_logits` (see :class:`HeadSplit`).
+    head_input: torch.Tensor | None = None
+
+
+#: A batch whose float32 logits exceed this many bytes is distilled through :class:`HeadSplit`: a causal LM
+#: with a 262k vocabulary has 1 MB of logits per token, 1 GB per batch of 8 x 128 for each of the two models.
+LOGITS_BYTES = 128 * 2**20
+
+
+@dataclass
+class HeadSplit:
+    """A causal LM whose logits are ``head(base(...).last_hidden_state)`` (optionally soft-capped, as Gemma
+    does): the losses then compute logits a chunk of positions at a time."""
+
+    base: nn.Module
+    head: nn.Module
+    softcap: float | None
+
+
+def head_split(model: nn.Module, kind: str) -> HeadSplit | None:
+    """:class:`HeadSplit` of a causal LM with a separate base model and output embedding (else ``None``)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base, head = getattr(model, prefix, None) if prefix else None, model.get_output_embeddings()
+    if kind != "causal-lm" or not isinstance(base, nn.Module) or base is model or head is None:
+        return None
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return HeadSplit(base, head, float(softcap) if softcap else None)
+
+
+def head_logits(split: HeadSplit, hidden: torch.Tensor) -> torch.Tensor:
+    """The logits the model would compute from its head's input ``hidden``."""
+    logits = split.head(hidden)
+    if split.softcap is not None:
+        logits = torch.tanh(logits / split.softcap) * split.softcap
+    return logits
+
+
+def forward_split(
+    split: HeadSplit, ids: torch.Tensor, mask: torch.Tensor, layers: tuple[int, ...], want_hidden: bool
+) -> Outputs:
+    """:func:`forward` without the LM head: ``head_input`` instead of ``logits``."""
+    out: Any = split.base(input_ids=ids, attention_mask=mask, output_hidden_states=want_hidden)
+    states = out.hidden_states if want_hidden else None
+    hidden = [states[i] for i in layers] if states is not None else []
+    return Outputs(None, hidden, out.last_hidden_state, head_input=out.last_hidden_state)
 
 
 def forward(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +32,19 @@ from . import losses
 from .batches import Batch, derive_seed
 from .cache import TeacherCache
 from .config import DistillConfig
-from .model_utils import Outputs, factorized_sources, forward, freeze, param_groups, select_trainable
+from .model_utils import (
+    LOGITS_BYTES,
+    HeadSplit,
+    Outputs,
+    factorized_sources,
+    forward,
+    forward_split,
+    freeze,
+    head_logits,
+    head_split,
+    param_groups,
+    select_trainable,
+)
 from .state import check_resumable, load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -158,6 +171,7 @@ class Distiller:
         self.student = accelerator.unwrap_model(self.model)
         self.params = {n: p for n, p in self.student.named_parameters() if n in set(self.trainable)}
         self.recon_pairs = self._recon_pairs()
+        self.split = self._head_splits()
         self.special = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
         self.step = 0
         self.tokens = 0
@@ -177,6 +191,26 @@ class Distiller:
             self._restore()
 
     # -- setup ------------------------------------------------------------------------------------
+    def _head_splits(self) -> tuple[HeadSplit, HeadSplit] | None:
+        """Student and teacher split at their LM heads when a batch's logits are large (a 262k vocabulary):
+        the KL is then computed a chunk of positions at a time. One process only (the split bypasses the
+        DDP wrapper), no teacher cache (it stores top-k logits) and no plain LM term (it needs all logits)."""
+        vocab = int(self.student.get_input_embeddings().num_embeddings)
+        if self.cfg.batch_size * self.cfg.seq_len * vocab * 4 <= LOGITS_BYTES:
+            return None
+        if self.acc.num_processes > 1 or self.cache is not None or self.weights["lm"] > 0:
+            return None
+        student, teacher = head_split(self.student, self.kind), head_split(self.teacher, self.kind)
+        if student is None or teacher is None:
+            return None
+        logger.info("vocabulary of %d: distilling through the LM head a chunk of positions at a time", vocab)
+        return student, teacher
+
+    @property
+    def _chunk(self) -> int:
+        vocab = int(self.student.get_input_embeddings().num_embeddings)
+        return max(1, LOGITS_BYTES // (4 * vocab))
+
     def _recon_pairs(self) -> list[tuple[CompressedEmbedding, torch.Tensor]]:
         if self.weights["recon"] <= 0:
             return []
@@ -218,8 +252,13 @@ class Distiller:
         if cached is not None:
             return {k: v.to(self.acc.device) for k, v in cached.items()}
         with self.acc.autocast():
-            out = forward(self.teacher, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
+            if self.split is not None:
+                out = forward_split(self.split[1], ids, mask, self.cfg.hidden_layers, self._want_hidden())
+            else:
+                out = forward(self.teacher, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
         targets: dict[str, torch.Tensor] = {f"hidden.{i}": h.float() for i, h in enumerate(out.hidden)}
+        if out.head_input is not None:
+            targets["head_input"] = out.head_input
         if out.last_hidden is not None:
             targets["last_hidden"] = out.last_hidden.float()
         if out.logits is not None and (self.weights["kl"] > 0 or self.weights["lm"] > 0):
@@ -248,7 +287,10 @@ class Distiller:
         ids, mask, chosen = self._inputs(batch, seed)
         target = self._teacher(ids, mask, batch.key)
         with self.acc.autocast():
-            out = forward(self.model, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
+            if self.split is not None:
+                out = forward_split(self.split[0], ids, mask, self.cfg.hidden_layers, self._want_hidden())
+            else:
+                out = forward(self.model, ids, mask, self.kind, self.cfg.hidden_layers, self._want_hidden())
         terms = self._terms(out, target, ids, mask, batch, chosen, seed)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}  # type: ignore[return-value]
@@ -264,7 +306,12 @@ class Distiller:
         seed: int,
     ) -> dict[str, torch.Tensor]:
         w, cfg, terms = self.weights, self.cfg, {}
-        if w["kl"] > 0 and out.logits is not None:
+        if w["kl"] > 0 and self.split is not None and out.head_input is not None:
+            s_head, t_head = (functools.partial(head_logits, split) for split in self.split)
+            terms["kl"] = losses.kl_chunked(
+                out.head_input, target["head_input"], s_head, t_head, mask, cfg.temperature, self._chunk
+            )
+        elif w["kl"] > 0 and out.logits is not None:
             if "top_values" in target:
                 terms["kl"] = losses.kl_topk(
                     out.logits, target["top_values"], target["top_indices"], mask, cfg.temperature
@@ -307,6 +354,9 @@ class Distiller:
         sums: defaultdict[str, float] = defaultdict(float)
         for index, batch in enumerate(self.eval_batches):
             ids, mask, chosen = self._inputs(batch, derive_seed(self.cfg.seed, index, 4))
+            if self.split is not None:
+                self._evaluate_split(ids, mask, sums)
+                continue
             with self.acc.autocast():
                 t = forward(self.teacher, ids, mask, self.kind, (), False)
                 s = forward(self.student, ids, mask, self.kind, (), False)
@@ -328,6 +378,21 @@ class Distiller:
                 sums["agree"] += float(agree.sum())
                 sums["masked"] += float(chosen.sum())
         return self._metrics(sums)
+
+    def _evaluate_split(self, ids: torch.Tensor, mask: torch.Tensor, sums: defaultdict[str, float]) -> None:
+        """:meth:`evaluate`'s sums for one causal-LM batch through the split heads, a chunk at a time."""
+        assert self.split is not None
+        with self.acc.autocast():
+            s, t = (forward_split(split, ids, mask, (), False) for split in self.split)
+        s_head, t_head = (functools.partial(head_logits, split) for split in self.split)
+        assert s.head_input is not None and t.head_input is not None
+        n, pairs = float(mask.sum()), float(mask[:, 1:].sum())
+        kl = losses.kl_chunked(s.head_input, t.head_input, s_head, t_head, mask, 1.0, self._chunk)
+        sums["kl"] += float(kl) * n
+        sums["n"] += n
+        sums["ce_student"] += float(losses.causal_lm_chunked(s.head_input, s_head, ids, mask, self._chunk)) * pairs
+        sums["ce_teacher"] += float(losses.causal_lm_chunked(t.head_input, t_head, ids, mask, self._chunk)) * pairs
+        sums["pairs"] += pairs
 
     def _metrics(self, sums: dict[str, float]) -> dict[str, float]:
         if self.kind == ModelKind.ENCODER:

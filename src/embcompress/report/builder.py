@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import logging
 import platform
@@ -233,35 +234,58 @@ def size_section(
 
 
 def fidelity_section(
-    pairs: list[MatrixPair], evaluation: Evaluation, scheme: str | None = None, teacher_tied: bool = False
+    pairs: list[MatrixPair],
+    evaluation: Evaluation,
+    scheme: str | None = None,
+    teacher_tied: bool = False,
+    quantized: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Fidelity of the student's matrices or, given ``scheme``, of the teacher's through that reference quantizer."""
+    """Fidelity of the student's matrices or, given ``scheme``, of the teacher's through that reference quantizer
+    (read from ``quantized``, the teacher's :func:`quantized_copy`, when it is already built)."""
     out: dict[str, Any] = {}
     for p in pairs:
         if p.tied if scheme is None else (p.role == "output" and teacher_tied):
             out[p.role] = {"tied_to_input": True}
             continue
-        rows = rows_of(p.student_module) if scheme is None else quantized_rows(p.original, scheme)
+        if scheme is None:
+            rows = rows_of(p.student_module)
+        elif quantized is not None:
+            weight = quantized.get_submodule(p.path).weight.detach()
+            rows = functools.partial(_row_range, weight)
+        else:
+            rows = quantized_rows(p.original, scheme)
         out[p.role] = matrix_fidelity(p.original, rows, evaluation.counts, evaluation.buckets)
     return out
 
 
+def _row_range(weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return weight[start:stop]
+
+
 def quantized_copy(teacher: nn.Module, scheme: str) -> nn.Module:
-    """A copy of ``teacher`` whose embedding matrices went through the reference quantizer ``scheme``."""
-    model = copy.deepcopy(teacher)
-    found = find_targets(model)
+    """A copy of ``teacher`` whose embedding matrices went through the reference quantizer ``scheme``; every
+    other parameter and buffer is shared with ``teacher`` (not copied: a copy of Gemma-3-270m is 1 GB), so
+    the copy is for inference only."""
+    found = find_targets(teacher)
     modules = [found.input_module] + ([found.output_module] if found.output_module is not None else [])
+    matrices = unique_tensors(m.weight for m in modules)
+    replaced = {id(w) for w in matrices}
+    memo: dict[int, Any] = {
+        id(t): t for t in itertools.chain(teacher.parameters(), teacher.buffers()) if id(t) not in replaced
+    }
     with torch.no_grad():
-        for weight in unique_tensors(m.weight for m in modules):
-            weight.copy_(reference_quantize(scheme, weight.detach())[0])
-    return model
+        for weight in matrices:
+            values = reference_quantize(scheme, weight.detach())[0].to(weight.dtype)
+            memo[id(weight)] = nn.Parameter(values, requires_grad=weight.requires_grad)
+    return copy.deepcopy(teacher, memo)
 
 
 def reference_rows(
     teacher: nn.Module, pairs: list[MatrixPair], evaluation: Evaluation, options: ReportOptions, reporter: Reporter
 ) -> list[dict[str, Any]]:
     """The same metrics for the deployed quantizers (int8, Q8_0, Q4_0, NF4, int4) of all the teacher's
-    embedding matrices; bytes exactly as each format stores them, and bits per weight."""
+    embedding matrices; bytes exactly as each format stores them, and bits per weight. Each scheme
+    quantizes the matrices once, for both the fidelity and the behaviour."""
     teacher_tied = find_targets(teacher).tied
     stored = [p.original for p in pairs if not (teacher_tied and p.role == "output")]
     before = sum(m.numel() * m.element_size() for m in stored)
@@ -273,12 +297,14 @@ def reference_rows(
             "bits_per_weight": 8 * nbytes / sum(m.numel() for m in stored),
             "embedding_bytes": nbytes,
             "ratio": before / nbytes,
-            "fidelity": fidelity_section(pairs, evaluation, scheme, teacher_tied),
             "behaviour": None,
         }
-        if evaluation.teacher is not None:
+        if evaluation.teacher is None:
+            row["fidelity"] = fidelity_section(pairs, evaluation, scheme, teacher_tied)
+        else:
             with reporter.stage(f"{scheme} reference", total=len(evaluation.teacher.per_batch)):
                 model = quantized_copy(teacher, scheme)
+                row["fidelity"] = fidelity_section(pairs, evaluation, scheme, teacher_tied, model)
                 row["behaviour"] = compare(
                     model, evaluation.teacher, evaluation.buckets, evaluation.special_ids, reporter.advance
                 )

@@ -260,6 +260,7 @@ def report_tables(report: dict[str, Any]) -> list[TableData]:
     """All tables of the report, in display order (sections without data are left out)."""
     builders = (
         glance_table,
+        language_table,
         size_table,
         fidelity_table,
         fidelity_bucket_table,
@@ -277,3 +278,21 @@ def needs_text_note(report: dict[str, Any]) -> str:
     if not report["needs_text"]:
         return ""
     return "Not measured (pass --data TEXT): " + ", ".join(report["needs_text"]) + "."
+
+
+def language_table(report: dict[str, Any]) -> TableData | None:
+    """Each variant's primary metrics per language and their average (``None`` for a one-text report)."""
+    summary = report.get("languages")
+    if not summary or not summary["metrics"]:
+        return None
+    metrics = summary["metrics"][:2]
+    languages = [*summary["languages"], "average"]
+    header = ["variant", "bits/weight", *[f"{m} {lang}" for lang in languages for m in metrics]]
+    rows = []
+    for row in summary["rows"]:
+        cells = [row["name"], f"{row['bits_per_weight']:.2f}" if row["bits_per_weight"] else "-"]
+        for lang in languages:
+            values = row["average"] if lang == "average" else row["languages"][lang]
+            cells += ["-" if values.get(m) is None else f"{values[m]:.4g}" for m in metrics]
+        rows.append(cells)
+    return TableData("Quality per language", header, rows, caption="average: mean over the languages")
