@@ -64,9 +64,6 @@ def compress(
         _default("heldout_fraction"), help="Share of --data documents never trained on."
     ),
     text_field: str | None = typer.Option(None, help="Text field / column of JSONL or parquet data."),
-    report: bool = typer.Option(
-        _default("report"), "--report/--no-report", help="Measure the report (against the original and 4/8-bit)."
-    ),
     gguf_file: GgufFile = None,
     device: AutoDevice = None,
     seed: int = typer.Option(_default("seed"), help="Seed of the fit, the data order and the sampling."),
