@@ -78,8 +78,9 @@ def test_compressed_stays_close_to_the_original(gemma: Path, compressed: Path) -
     student = embcompress.load(compressed)
     t, s = forward_logits(teacher, IDS), forward_logits(student, IDS)
     kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean")
-    # without the scale the lookup would be 4x too small: measured KL is then far above this bound
-    assert float(kl) < 0.05 * IDS.shape[1], float(kl)
+    # Measured over seeds 0-3 of this tiny random model at 4x: KL 0.2-0.9 with the scale, 9.9-18.4 with the
+    # lookup left unscaled (4x too small), so the bound separates the two whatever the calibration sample.
+    assert float(kl) < 2.0, float(kl)
 
 
 def test_from_pretrained_matches_load_and_generates_the_same(compressed: Path) -> None:
