@@ -90,8 +90,12 @@ def corpora(work: Path) -> dict[str, Path]:
     }
 
 
+#: --references: the deployed quantizers measured (all of the report's by default).
+REFERENCES: tuple[str, ...] = ("int8", "q8_0", "q4_0", "nf4", "int4")
+
+
 def report_options() -> ReportOptions:
-    return ReportOptions(eval=EvalOptions(max_tokens=4096, max_docs=1000), speed=False)
+    return ReportOptions(eval=EvalOptions(max_tokens=4096, max_docs=1000), speed=False, references=REFERENCES)
 
 
 def pick(behaviour: dict[str, Any] | None, model: str) -> dict[str, float | None]:
@@ -269,6 +273,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    global REUSE, REFERENCES
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="minilm,smollm2")
     parser.add_argument("--ratios", default="8,11,16", help="Default-mode ratios (comma list).")
@@ -283,9 +288,9 @@ def main() -> None:
     parser.add_argument("--time-cli", action="store_true", help="Also time the README's default MiniLM command.")
     parser.add_argument("--tag", default=None, help="Suffix of the result files.")
     parser.add_argument("--reuse", action="store_true", help="Reuse checkpoints an earlier run wrote.")
+    parser.add_argument("--references", default=",".join(REFERENCES), help="Reference quantizers (comma list).")
     args = parser.parse_args()
-    global REUSE
-    REUSE = args.reuse
+    REUSE, REFERENCES = args.reuse, tuple(args.references.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     files = corpora(WORK / "anytext-corpora")
     args.ratios = [float(r) for r in args.ratios.split(",") if r]

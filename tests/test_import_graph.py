@@ -39,10 +39,12 @@ LAYERS: dict[str, int] = {
     "embcompress.kinds": 0,
     "embcompress.allocation": 0,
     "embcompress.codec": 0,
+    "embcompress.threads": 0,
     # the output guard (every write goes through it)
     "embcompress.outputs": 0,
-    # byte accounting
+    # byte accounting; the user cache (assembled and de-quantized GGUF files, corpora)
     "embcompress.sizes": 1,
+    "embcompress.cache": 1,
     # configuration / option bases
     "embcompress.config": 2,
     "embcompress.options": 2,
@@ -62,6 +64,7 @@ LAYERS: dict[str, int] = {
     "embcompress.data": 6,
     "embcompress.frequency": 6,
     "embcompress.selftext": 6,
+    "embcompress.corpora": 6,
     # the checkpoint format, budgets, summaries
     "embcompress.checkpoint": 7,
     "embcompress.budget": 7,
