@@ -14,7 +14,8 @@ from embcompress.errors import EmbcompressError
 from embcompress.methods import get_method, method_names
 from embcompress.onnx_export import export_model_onnx, onnx_session
 from embcompress.surgery import densify
-from helpers.models import PYDOCS, make_tiny, requires_minilm, requires_pydocs
+from helpers.models import make_tiny, requires_minilm, requires_pydocs
+from helpers.models import pydocs_paragraphs as paragraphs
 
 pytest.importorskip("onnxruntime")
 
@@ -147,15 +148,6 @@ def test_encoder_decoder_refused(tmp_path: Path) -> None:
     factorize(model)
     with pytest.raises(EmbcompressError, match="encoder-decoder"):
         export_model_onnx(model, tmp_path / "model.onnx")
-
-
-def paragraphs(limit: int) -> list[str]:
-    out: list[str] = []
-    for path in sorted(PYDOCS.rglob("*.txt")):
-        out += [p.strip() for p in path.read_text(errors="ignore").split("\n\n") if len(p.strip()) > 80]
-        if len(out) >= limit:
-            break
-    return out[:limit]
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from transformers import AutoTokenizer
 import embcompress
 from embcompress.compress import CompressOptions, compress_checkpoint
 from embcompress.onnx_export import export_onnx, onnx_session
-from helpers.models import PYDOCS, requires_minilm, requires_pydocs
+from helpers.models import pydocs_paragraphs as paragraphs
+from helpers.models import requires_minilm, requires_pydocs
 
 pytest.importorskip("onnxruntime")
 
@@ -36,15 +37,6 @@ def transformers_js_root() -> Path | None:
         proc = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, timeout=60)
         candidates.append(Path(proc.stdout.strip()).parent)
     return next((c for c in candidates if (c / "node_modules/@huggingface/transformers").is_dir()), None)
-
-
-def paragraphs(limit: int) -> list[str]:
-    out: list[str] = []
-    for path in sorted(PYDOCS.rglob("*.txt")):
-        out += [p.strip() for p in path.read_text(errors="ignore").split("\n\n") if len(p.strip()) > 80]
-        if len(out) >= limit:
-            break
-    return out[:limit]
 
 
 def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

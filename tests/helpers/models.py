@@ -135,4 +135,16 @@ requires_smollm2 = pytest.mark.skipif(
 )
 
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources")
+
+
+def pydocs_paragraphs(limit: int) -> list[str]:
+    """The first ``limit`` paragraphs (over 80 characters) of the Python docs, in file order."""
+    out: list[str] = []
+    for path in sorted(PYDOCS.rglob("*.txt")):
+        out += [p.strip() for p in path.read_text(errors="ignore").split("\n\n") if len(p.strip()) > 80]
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
 requires_pydocs = pytest.mark.skipif(not PYDOCS.is_dir(), reason="Debian python3.11-doc not installed")
